@@ -1,0 +1,162 @@
+"""``MonitorClient``: the Python SDK an FL program uses to talk to fedsentinel.
+
+Three calls (register a run, report clients, close a round), each retried with
+exponential backoff on connection errors, timeouts and 5xx answers. When the
+service stays unreachable and a spool directory is configured, the call is
+appended to the on-disk :class:`~collectors.spool.Spool` instead of failing,
+and the spool is replayed in order before the next call goes out. A 4xx answer
+is a problem with the data and raises :class:`MonitorError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from collectors.sink import make_record
+from collectors.spool import Spool
+
+log = logging.getLogger("fedsentinel.sdk")
+
+API = "/api/v1"
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """JSON with NaN/Infinity tokens kept: they are fault evidence (httpx's json= refuses them)."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class MonitorError(RuntimeError):
+    """The service refused a request (4xx) or could not be reached and there is no spool."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ServiceUnavailable(MonitorError):
+    """Retries were exhausted on connection errors or 5xx answers."""
+
+
+class MonitorClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        spool_dir: str | Path | None = None,
+        batch_size: int = 500,
+        max_retries: int = 4,
+        backoff_base_seconds: float = 0.2,
+        backoff_max_seconds: float = 5.0,
+        timeout_seconds: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout_seconds, transport=transport
+        )
+        self.spool = Spool(spool_dir) if spool_dir is not None else None
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.spooled = 0
+
+    # -- the three calls -------------------------------------------------
+
+    def register_run(self, spec: dict[str, Any]) -> None:
+        self._submit(make_record("register_run", spec["run_id"], spec))
+
+    def report(self, run_id: str, round: int, reports: list[dict[str, Any]]) -> None:
+        """Send a round's client reports, in batches of ``batch_size``."""
+        for start in range(0, len(reports), self.batch_size):
+            batch = reports[start : start + self.batch_size]
+            self._submit(make_record("report", run_id, {"reports": batch}, round))
+
+    def close_round(self, run_id: str, round: int, summary: dict[str, Any]) -> None:
+        self._submit(make_record("close_round", run_id, summary, round))
+
+    # -- plumbing ----------------------------------------------------------
+
+    def send_record(self, record: dict[str, Any]) -> httpx.Response:
+        """Send one record now (with retries); raise on failure."""
+        op, run_id = record["op"], record["run_id"]
+        if op == "register_run":
+            path = f"{API}/runs"
+        elif op == "report":
+            path = f"{API}/runs/{run_id}/rounds/{record['round']}/reports"
+        else:
+            path = f"{API}/runs/{run_id}/rounds/{record['round']}/close"
+        return self._post_with_retries(path, record["body"])
+
+    def flush(self) -> int:
+        """Replay the spool in order; return how many records went out."""
+        if self.spool is None or self.spool.is_empty():
+            return 0
+        sent = self.spool.drain(self.send_record)
+        log.info("replayed %d spooled records", sent)
+        return sent
+
+    def pending(self) -> int:
+        return 0 if self.spool is None else len(self.spool)
+
+    def _submit(self, record: dict[str, Any]) -> None:
+        if self.spool is None:
+            self.send_record(record)
+            return
+        try:
+            self.flush()
+            self.send_record(record)
+        except ServiceUnavailable as exc:
+            self.spool.append(record)
+            self.spooled += 1
+            log.warning("service unavailable (%s); spooled %s to %s", exc, record["op"], self.spool.path)
+
+    def _post_with_retries(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        last_error = "no attempt"
+        payload = encode_body(body)
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + random.random() / 2))
+            try:
+                response = self._http.post(path, content=payload, headers=JSON_HEADERS)
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code >= 500:
+                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code >= 400:
+                raise MonitorError(
+                    f"POST {path} refused with HTTP {response.status_code}: {_detail(response)}",
+                    response.status_code,
+                )
+            return response
+        raise ServiceUnavailable(f"POST {path} failed after {self.max_retries + 1} attempts: {last_error}")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MonitorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail"))
+    except ValueError:
+        return response.text[:500]

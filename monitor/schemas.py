@@ -1,0 +1,347 @@
+"""The wire format of API v1: request and response models.
+
+What a client shares is fixed by DESIGN.md ("What a client shares"): summary
+statistics, never raw data. Checks that need the run's configuration (histogram
+and sketch lengths) live in :func:`validate_report_against_run`, because a
+report on its own does not know its run's bins.
+
+Non-finite numbers are refused everywhere except where they are evidence of a
+fault: a client's losses, update norm and update sketch (an exploding or broken
+update), and the round's global loss and aggregate update. Those are stored as
+sent and returned as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+(JSON has no such numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+T = TypeVar("T")
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+"""Run and client ids: 1-128 characters, letters, digits and ``._:@-``."""
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+MAX_CLASSES = 10_000
+MAX_FEATURES = 2_000
+MAX_BINS = 1_000
+MAX_SKETCH_DIM = 4_096
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+FiniteFloat = Annotated[float, AfterValidator(_finite)]
+"""A float that rejects NaN and infinities."""
+NonNegFloat = Annotated[float, AfterValidator(_finite), Field(ge=0)]
+Ratio = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1)]
+AnyFloat = float
+"""A float that may be NaN or infinite: only for values where that is evidence of a fault."""
+
+
+class WireModel(BaseModel):
+    """Base for every request/response: unknown fields are an error, NaN goes out as a string."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+
+class ClientStatus(StrEnum):
+    ok = "ok"
+    failed = "failed"
+    dropped = "dropped"
+    timeout = "timeout"
+
+
+class NoiseMechanism(StrEnum):
+    laplace = "laplace"
+    gaussian = "gaussian"
+
+
+class HistogramNoise(WireModel):
+    """Local-DP noise the client added to its histograms (per bin, independent)."""
+
+    mechanism: NoiseMechanism
+    scale: NonNegFloat = Field(description="Laplace b or Gaussian sigma, in counts")
+
+
+class TaskSpec(WireModel):
+    num_classes: int = Field(ge=1, le=MAX_CLASSES)
+    class_names: list[str] | None = None
+    feature_names: list[str] = Field(default_factory=list, max_length=MAX_FEATURES)
+
+    @model_validator(mode="after")
+    def _names_match(self) -> TaskSpec:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries but num_classes is {self.num_classes}"
+            )
+        return self
+
+
+class DPConfig(WireModel):
+    """DP-FedAvg settings: clip norm C, noise multiplier sigma, client sampling rate q."""
+
+    noise_multiplier: NonNegFloat
+    clip_norm: Annotated[float, AfterValidator(_finite), Field(gt=0)]
+    sample_rate: Annotated[float, AfterValidator(_finite), Field(gt=0, le=1)]
+    delta: Annotated[float, AfterValidator(_finite), Field(gt=0, lt=1)] = 1e-5
+    target_epsilon: Annotated[float, AfterValidator(_finite), Field(gt=0)] | None = None
+
+
+class RunCreate(WireModel):
+    """Registration of a run. Registering the same run again with the same body is a no-op."""
+
+    run_id: Identifier
+    name: str | None = Field(default=None, max_length=256)
+    task: TaskSpec
+    feature_bin_edges: list[list[FiniteFloat]] = Field(
+        default_factory=list,
+        description="Per feature, strictly increasing bin edges shared by every client.",
+    )
+    sketch_dim: int = Field(default=0, ge=0, le=MAX_SKETCH_DIM)
+    sketch_seed: int = 0
+    expected_clients: int = Field(ge=1, le=10_000_000)
+    dp: DPConfig | None = None
+    centralized_accuracy: Ratio | None = None
+    thresholds: dict[str, FiniteFloat] = Field(
+        default_factory=dict, description="Per-run overrides of signal thresholds."
+    )
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _edges_match_features(self) -> RunCreate:
+        n_features = len(self.task.feature_names)
+        if self.feature_bin_edges and len(self.feature_bin_edges) != n_features:
+            raise ValueError(
+                f"feature_bin_edges has {len(self.feature_bin_edges)} features "
+                f"but task.feature_names has {n_features}"
+            )
+        for i, edges in enumerate(self.feature_bin_edges):
+            if not 2 <= len(edges) <= MAX_BINS + 1:
+                raise ValueError(f"feature {i}: needs between 2 and {MAX_BINS + 1} bin edges")
+            if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+                raise ValueError(f"feature {i}: bin edges must be strictly increasing")
+        return self
+
+    @property
+    def bins_per_feature(self) -> list[int]:
+        return [len(edges) - 1 for edges in self.feature_bin_edges]
+
+
+class ClientReport(WireModel):
+    """One client's statistics for one round (DESIGN.md, "Per client per round")."""
+
+    client_id: Identifier
+    status: ClientStatus = ClientStatus.ok
+    num_examples: int | None = Field(default=None, ge=0)
+    train_loss: AnyFloat | None = None
+    train_accuracy: Ratio | None = None
+    eval_loss: AnyFloat | None = None
+    eval_accuracy: Ratio | None = None
+    local_accuracy: Ratio | None = Field(
+        default=None, description="Accuracy of the client's local-only baseline model, if any."
+    )
+    wall_time_seconds: NonNegFloat | None = None
+    update_norm: AnyFloat | None = None
+    update_sketch: list[AnyFloat] | None = None
+    label_histogram: list[FiniteFloat] | None = None
+    feature_histograms: list[list[FiniteFloat]] | None = None
+    histogram_noise: HistogramNoise | None = None
+    clipped: bool | None = None
+
+    @model_validator(mode="after")
+    def _signs(self) -> ClientReport:
+        if self.update_norm is not None and self.update_norm < 0:
+            raise ValueError("update_norm must be >= 0 (NaN/Infinity allowed as fault evidence)")
+        if self.histogram_noise is None:
+            if self.label_histogram and min(self.label_histogram) < 0:
+                raise ValueError("label_histogram has negative counts and no histogram_noise is declared")
+            for i, hist in enumerate(self.feature_histograms or []):
+                if hist and min(hist) < 0:
+                    raise ValueError(
+                        f"feature_histograms[{i}] has negative counts and no histogram_noise is declared"
+                    )
+        return self
+
+
+class ReportBatch(WireModel):
+    reports: list[ClientReport] = Field(min_length=1)
+
+
+class RoundClose(WireModel):
+    """The global statistics of a round, sent once all its reports are in."""
+
+    global_eval_loss: AnyFloat | None = None
+    global_eval_accuracy: Ratio | None = None
+    aggregate_update_norm: AnyFloat | None = None
+    aggregate_sketch: list[AnyFloat] | None = None
+    num_sampled: int | None = Field(default=None, ge=0)
+    epsilon: NonNegFloat | None = Field(
+        default=None, description="DP epsilon spent so far, if the FL code accounts it itself."
+    )
+
+
+# ---------------------------------------------------------------------------
+# Responses
+
+
+class RunRegistered(WireModel):
+    run_id: str
+    created: bool
+
+
+class IngestResult(WireModel):
+    run_id: str
+    round: int
+    accepted: int = Field(description="Reports stored by this request.")
+    duplicates: int = Field(description="Reports already stored with identical content.")
+
+
+class RoundClosed(WireModel):
+    run_id: str
+    round: int
+    closed: bool
+    already_closed: bool
+    reports: int
+
+
+class Page(WireModel, Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+class RunSummary(WireModel):
+    run_id: str
+    name: str | None
+    created_at: datetime
+    expected_clients: int
+    rounds: int
+    last_round: int | None
+
+
+class RunHealth(WireModel):
+    rounds_closed: int
+    rounds_open: int
+    last_closed_round: int | None
+    clients_seen: int
+    reports: int
+    last_round_reported: int | None
+    last_round_participation_ratio: float | None
+    global_eval_accuracy: float | None
+    global_eval_loss: AnyFloat | None
+    centralized_gap: float | None
+    epsilon: float | None
+    open_findings: dict[str, int] = Field(description="Open findings by severity.")
+
+
+class RunDetail(WireModel):
+    run_id: str
+    created_at: datetime
+    config: RunCreate
+    health: RunHealth
+
+
+class RoundOut(WireModel):
+    round: int
+    status: str
+    reports: int
+    opened_at: datetime
+    closed_at: datetime | None
+    global_eval_loss: AnyFloat | None = None
+    global_eval_accuracy: float | None = None
+    aggregate_update_norm: AnyFloat | None = None
+    aggregate_sketch: list[AnyFloat] | None = None
+    num_sampled: int | None = None
+    epsilon: float | None = None
+
+
+class ClientLatest(WireModel):
+    client_id: str
+    first_round: int
+    last_round: int
+    rounds_reported: int
+    status: ClientStatus
+    eval_accuracy: float | None
+    eval_loss: AnyFloat | None
+    update_norm: AnyFloat | None
+    num_examples: int | None
+
+
+class ClientRoundOut(ClientReport):
+    """A stored client report, with its round."""
+
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings")
+    round: int
+    received_at: datetime
+
+
+class FindingOut(WireModel):
+    id: int
+    run_id: str
+    kind: str
+    severity: str
+    status: str
+    client_id: str | None
+    first_round: int
+    last_round: int
+    score: AnyFloat | None
+    threshold: float | None
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorOut(WireModel):
+    detail: Any
+
+
+def validate_report_against_run(report: ClientReport, run: RunCreate) -> None:
+    """Raise ValueError when a report's arrays do not fit its run's configuration."""
+    cid = report.client_id
+    if report.label_histogram is not None and len(report.label_histogram) != run.task.num_classes:
+        raise ValueError(
+            f"client {cid}: label_histogram has {len(report.label_histogram)} bins, "
+            f"run {run.run_id} has {run.task.num_classes} classes"
+        )
+    if report.feature_histograms is not None:
+        bins = run.bins_per_feature
+        if len(report.feature_histograms) != len(bins):
+            raise ValueError(
+                f"client {cid}: feature_histograms has {len(report.feature_histograms)} features, "
+                f"run {run.run_id} has {len(bins)}"
+            )
+        for i, (hist, n_bins) in enumerate(zip(report.feature_histograms, bins, strict=True)):
+            if len(hist) != n_bins:
+                raise ValueError(
+                    f"client {cid}: feature_histograms[{i}] has {len(hist)} bins, "
+                    f"run {run.run_id} has {n_bins} for feature {run.task.feature_names[i]!r}"
+                )
+    if report.update_sketch is not None and len(report.update_sketch) != run.sketch_dim:
+        raise ValueError(
+            f"client {cid}: update_sketch has {len(report.update_sketch)} values, "
+            f"run {run.run_id} has sketch_dim {run.sketch_dim}"
+        )
+
+
+def validate_round_close_against_run(body: RoundClose, run: RunCreate) -> None:
+    if body.aggregate_sketch is not None and len(body.aggregate_sketch) != run.sketch_dim:
+        raise ValueError(
+            f"aggregate_sketch has {len(body.aggregate_sketch)} values, "
+            f"run {run.run_id} has sketch_dim {run.sketch_dim}"
+        )

@@ -1,0 +1,73 @@
+"""One settings object for the whole service.
+
+Every value can be set with a ``FEDSENTINEL_<NAME>`` environment variable
+(``FEDSENTINEL_DATABASE_URL``, ``FEDSENTINEL_API_KEYS`` ...), which is also how
+the CLI hands its flags to several uvicorn workers.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Scope(StrEnum):
+    """What an API key may do. ``admin`` implies the other two."""
+
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDSENTINEL_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    data_dir: Path = Path("./data")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is a SQLite file in data_dir. "
+        "PostgreSQL: postgresql+psycopg://user@host/db",
+    )
+    sqlite_synchronous: str = Field(
+        default="FULL",
+        description="SQLite PRAGMA synchronous; FULL makes every acknowledged write survive power loss.",
+    )
+    api_keys: dict[str, list[Scope]] = Field(
+        default_factory=dict,
+        description='JSON object {"key": ["read", "write"]}; empty = open service (local demo).',
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_reports_per_request: int = Field(default=20_000, ge=1)
+    page_size_max: int = Field(default=1000, ge=1)
+    log_level: str = "info"
+
+    # Prometheus export (see monitor/exporter.py).
+    exporter_top_k_clients: int = Field(default=50, ge=0)
+
+    # Direct notifier for setups without Alertmanager.
+    notify_webhook_url: str | None = None
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _known_synchronous(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The URL the store connects to (a SQLite file in data_dir by default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fedsentinel.db').as_posix()}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
