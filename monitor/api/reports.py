@@ -1,0 +1,89 @@
+"""Ingest: client reports for a round, and closing a round (write scope)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+
+from monitor.api.deps import RoundNumber, RunId, WriteAccess, get_store
+from monitor.errors import InvalidInput
+from monitor.schemas import (
+    IngestResult,
+    ReportBatch,
+    RoundClose,
+    RoundClosed,
+    validate_report_against_run,
+    validate_round_close_against_run,
+)
+from monitor.store import Store, writes
+
+router = APIRouter(prefix="/runs/{run_id}/rounds/{round}", tags=["ingest"], dependencies=[WriteAccess])
+
+
+def _run_config(request: Request, store: Store, run_id: str):  # type: ignore[no-untyped-def]
+    """Run configurations never change once registered, so each worker caches them."""
+    cache = request.app.state.run_configs
+    config = cache.get(run_id)
+    if config is None:
+        with store.read_session() as session:
+            config = writes.load_run_config(session, run_id)
+        cache[run_id] = config
+    return config
+
+
+@router.post(
+    "/reports",
+    response_model=IngestResult,
+    responses={404: {"description": "Unknown run"}, 409: {"description": "Conflicting resend or closed round"}},
+)
+def ingest_reports(
+    run_id: RunId,
+    round: RoundNumber,
+    batch: ReportBatch,
+    request: Request,
+    store: Annotated[Store, Depends(get_store)],
+) -> IngestResult:
+    """Store one or many client reports for a round. Identical resends are counted, not stored again."""
+    limit = request.app.state.settings.max_reports_per_request
+    if len(batch.reports) > limit:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            f"{len(batch.reports)} reports in one request; the limit is {limit}, send smaller batches",
+        )
+    config = _run_config(request, store, run_id)
+    try:
+        for report in batch.reports:
+            validate_report_against_run(report, config)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    with store.write_session() as session:
+        accepted, duplicates = writes.ingest_reports(session, run_id, round, batch.reports)
+    request.app.state.telemetry.reports_ingested(accepted)
+    return IngestResult(run_id=run_id, round=round, accepted=accepted, duplicates=duplicates)
+
+
+@router.post(
+    "/close",
+    response_model=RoundClosed,
+    responses={404: {"description": "Unknown run"}, 409: {"description": "Closed with other statistics"}},
+)
+def close_round(
+    run_id: RunId,
+    round: RoundNumber,
+    body: RoundClose,
+    request: Request,
+    store: Annotated[Store, Depends(get_store)],
+) -> RoundClosed:
+    """Close a round with its global statistics; later reports for it are refused."""
+    config = _run_config(request, store, run_id)
+    try:
+        validate_round_close_against_run(body, config)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    with store.write_session() as session:
+        already_closed, reports = writes.close_round(session, run_id, round, body)
+    request.app.state.on_round_closed(run_id, round)
+    return RoundClosed(
+        run_id=run_id, round=round, closed=True, already_closed=already_closed, reports=reports
+    )

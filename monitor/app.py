@@ -1,0 +1,114 @@
+"""``create_app(settings)``: the FastAPI application, with nothing created at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import prometheus_client
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
+
+from monitor import __version__
+from monitor.api import queries, reports, runs
+from monitor.api.limits import BodySizeLimit
+from monitor.errors import Conflict, InvalidInput, NotFound
+from monitor.settings import Settings
+from monitor.store import Store
+from monitor.telemetry import RequestTimer, Telemetry
+
+log = logging.getLogger("fedsentinel")
+API_PREFIX = "/api/v1"
+
+prometheus_client.disable_created_metrics()
+
+
+def _error_handlers(app: FastAPI) -> None:
+    def handler(code: int) -> Callable:
+        async def handle(_request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+
+        return handle
+
+    app.add_exception_handler(NotFound, handler(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(Conflict, handler(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(InvalidInput, handler(422))
+
+    async def store_error(request: Request, exc: Exception) -> JSONResponse:
+        request.app.state.telemetry.store_errors.inc()
+        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the store is unavailable; nothing was committed, retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    app.add_exception_handler(DBAPIError, store_error)
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """Build the service. ``store`` may be passed in (tests); otherwise made from settings."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store = store is None
+        app.state.store = store or Store(
+            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        app.state.store.create_schema()
+        if settings.auth_enabled:
+            log.info("API keys configured: %d key(s); requests need a key", len(settings.api_keys))
+        else:
+            log.warning(
+                "no API keys configured: the service is OPEN (anyone who can reach it may read and "
+                "write); set FEDSENTINEL_API_KEYS for anything but a local demo"
+            )
+        log.info("store: %s", app.state.store.dialect)
+        yield
+        if own_store:
+            app.state.store.dispose()
+
+    app = FastAPI(
+        title="fedsentinel",
+        version=__version__,
+        description="Observability for federated learning: ingest per-round client statistics, "
+        "query runs, rounds, clients and findings.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.run_configs = {}
+    app.state.telemetry = Telemetry()
+    app.state.on_round_closed = lambda run_id, round_number: None
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTimer, telemetry=app.state.telemetry)
+    _error_handlers(app)
+    for router in (runs.router, reports.router, queries.router):
+        app.include_router(router, prefix=API_PREFIX)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"])
+    def readyz(request: Request) -> JSONResponse:
+        """Readiness: the store answers a query."""
+        from sqlalchemy import text
+
+        try:
+            with request.app.state.store.read_session() as session:
+                session.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            return JSONResponse({"status": "store unavailable", "detail": str(exc)[:200]}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["service"], include_in_schema=False)
+    def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(
+            generate_latest(request.app.state.telemetry.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    return app

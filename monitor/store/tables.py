@@ -1,0 +1,101 @@
+"""SQLModel tables.
+
+Arrays (histograms, sketches) are stored as little-endian float64 blobs: exact
+round trip, NaN/Infinity kept, a tenth of the size of JSON text. Scalars that
+may be non-finite (losses, update norms) are stored as NULL plus an entry in
+the row's ``nonfinite`` JSON map, because SQLite turns a stored NaN into NULL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunRow(SQLModel, table=True):
+    __tablename__ = "run"
+
+    run_id: str = Field(primary_key=True, max_length=128)
+    name: str | None = Field(default=None, max_length=256)
+    created_at: datetime = Field(default_factory=utcnow)
+    config_json: str
+    config_hash: str = Field(max_length=64)
+    expected_clients: int
+
+
+class RoundRow(SQLModel, table=True):
+    __tablename__ = "round"
+
+    run_id: str = Field(primary_key=True, foreign_key="run.run_id", max_length=128)
+    round: int = Field(primary_key=True)
+    status: str = Field(default="open", max_length=16)
+    opened_at: datetime = Field(default_factory=utcnow)
+    closed_at: datetime | None = None
+    reports: int = 0
+    close_hash: str | None = Field(default=None, max_length=64)
+    global_eval_loss: float | None = None
+    global_eval_accuracy: float | None = None
+    aggregate_update_norm: float | None = None
+    aggregate_sketch: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    num_sampled: int | None = None
+    epsilon: float | None = None
+    nonfinite: str | None = None
+    analyzed: bool = False
+
+
+class ClientReportRow(SQLModel, table=True):
+    __tablename__ = "client_report"
+    __table_args__ = (
+        UniqueConstraint("run_id", "round", "client_id", name="uq_report_run_round_client"),
+        Index("ix_report_run_client_round", "run_id", "client_id", "round"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=128)
+    round: int
+    client_id: str = Field(max_length=128)
+    received_at: datetime = Field(default_factory=utcnow)
+    content_hash: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    num_examples: int | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    local_accuracy: float | None = None
+    wall_time_seconds: float | None = None
+    update_norm: float | None = None
+    update_sketch: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    label_histogram: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    feature_histograms: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    noise_mechanism: str | None = Field(default=None, max_length=16)
+    noise_scale: float | None = None
+    clipped: bool | None = None
+    nonfinite: str | None = None
+
+
+class FindingRow(SQLModel, table=True):
+    __tablename__ = "finding"
+    __table_args__ = (Index("ix_finding_run_status", "run_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.run_id", max_length=128, index=True)
+    kind: str = Field(max_length=64)
+    severity: str = Field(max_length=16)
+    status: str = Field(default="open", max_length=16)
+    client_id: str | None = Field(default=None, max_length=128)
+    first_round: int
+    last_round: int
+    resolved_round: int | None = None
+    score: float | None = None
+    threshold: float | None = None
+    message: str
+    details_json: str = "{}"
+    opened_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

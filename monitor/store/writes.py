@@ -1,0 +1,225 @@
+"""Write paths: register a run, ingest client reports, close a round.
+
+Each function runs inside a caller-provided write transaction, so a 2xx answer
+is only sent after the commit. Idempotency is by content hash: the same report
+(or round close, or registration) sent again is recognised and not stored twice;
+a different one for the same key is a :class:`~monitor.errors.Conflict`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from monitor.errors import Conflict, NotFound
+from monitor.schemas import ClientReport, RoundClose, RunCreate
+from monitor.store.codec import pack, pack_ragged, split_nonfinite
+from monitor.store.tables import ClientReportRow, RoundRow, RunRow, utcnow
+
+_IN_CHUNK = 900  # keeps IN (...) lists under every backend's parameter limit
+_MAX_NAMED = 5
+
+
+def content_hash(model: RunCreate | ClientReport | RoundClose) -> str:
+    return hashlib.sha256(model.model_dump_json().encode()).hexdigest()
+
+
+def register_run(session: Session, spec: RunCreate) -> bool:
+    """Store a run; return False when the identical run already exists."""
+    digest = content_hash(spec)
+    existing = session.get(RunRow, spec.run_id)
+    if existing is not None:
+        if existing.config_hash != digest:
+            raise Conflict(
+                f"run {spec.run_id} is already registered with a different configuration; "
+                "register a new run_id to change it"
+            )
+        return False
+    session.add(
+        RunRow(
+            run_id=spec.run_id,
+            name=spec.name,
+            config_json=spec.model_dump_json(),
+            config_hash=digest,
+            expected_clients=spec.expected_clients,
+        )
+    )
+    session.flush()
+    return True
+
+
+def load_run_config(session: Session, run_id: str) -> RunCreate:
+    row = session.get(RunRow, run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} is not registered")
+    return RunCreate.model_validate_json(row.config_json)
+
+
+def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def lock_round(session: Session, run_id: str, round_number: int) -> RoundRow:
+    """Get the round row, creating it open, and hold its lock until commit.
+
+    Report ingestion and round closing both take this lock, so a report can
+    never slip into a round that is being closed.
+    """
+    stmt = (
+        _dialect_insert(session)(RoundRow)
+        .values(run_id=run_id, round=round_number, status="open", opened_at=utcnow(), reports=0)
+        .on_conflict_do_nothing()
+    )
+    session.execute(stmt)
+    row = session.execute(
+        select(RoundRow)
+        .where(RoundRow.run_id == run_id, RoundRow.round == round_number)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    return row
+
+
+def _report_row(run_id: str, round_number: int, report: ClientReport, digest: str) -> dict:
+    scalars, nonfinite = split_nonfinite(
+        {
+            "train_loss": report.train_loss,
+            "eval_loss": report.eval_loss,
+            "update_norm": report.update_norm,
+        }
+    )
+    noise = report.histogram_noise
+    return {
+        "run_id": run_id,
+        "round": round_number,
+        "client_id": report.client_id,
+        "received_at": utcnow(),
+        "content_hash": digest,
+        "status": report.status.value,
+        "num_examples": report.num_examples,
+        "train_accuracy": report.train_accuracy,
+        "eval_accuracy": report.eval_accuracy,
+        "local_accuracy": report.local_accuracy,
+        "wall_time_seconds": report.wall_time_seconds,
+        "update_sketch": pack(report.update_sketch),
+        "label_histogram": pack(report.label_histogram),
+        "feature_histograms": pack_ragged(report.feature_histograms),
+        "noise_mechanism": noise.mechanism.value if noise else None,
+        "noise_scale": noise.scale if noise else None,
+        "clipped": report.clipped,
+        "nonfinite": nonfinite,
+        **scalars,
+    }
+
+
+def _names(ids: Sequence[str]) -> str:
+    shown = ", ".join(sorted(ids)[:_MAX_NAMED])
+    more = len(ids) - _MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def ingest_reports(
+    session: Session, run_id: str, round_number: int, reports: Sequence[ClientReport]
+) -> tuple[int, int]:
+    """Store a batch of reports for one round; return ``(accepted, duplicates)``.
+
+    All or nothing: a conflict anywhere in the batch stores none of it.
+    """
+    hashes: dict[str, str] = {}
+    unique: list[tuple[ClientReport, str]] = []
+    duplicates = 0
+    for report in reports:
+        digest = content_hash(report)
+        seen = hashes.get(report.client_id)
+        if seen is None:
+            hashes[report.client_id] = digest
+            unique.append((report, digest))
+        elif seen == digest:
+            duplicates += 1
+        else:
+            raise Conflict(
+                f"run {run_id} round {round_number}: the request carries two different "
+                f"reports for client {report.client_id}"
+            )
+
+    round_row = lock_round(session, run_id, round_number)
+    if round_row.status == "closed":
+        raise Conflict(
+            f"run {run_id} round {round_number} is closed; refused reports for client(s) "
+            f"{_names(list(hashes))}"
+        )
+
+    stored: dict[str, str] = {}
+    client_ids = list(hashes)
+    for start in range(0, len(client_ids), _IN_CHUNK):
+        chunk = client_ids[start : start + _IN_CHUNK]
+        stored.update(
+            session.execute(
+                select(ClientReportRow.client_id, ClientReportRow.content_hash).where(
+                    ClientReportRow.run_id == run_id,
+                    ClientReportRow.round == round_number,
+                    ClientReportRow.client_id.in_(chunk),
+                )
+            ).all()
+        )
+    conflicting = [cid for cid, digest in stored.items() if hashes[cid] != digest]
+    if conflicting:
+        raise Conflict(
+            f"run {run_id} round {round_number}: client(s) {_names(conflicting)} already "
+            "reported different statistics for this round"
+        )
+    new = [(r, d) for r, d in unique if r.client_id not in stored]
+    duplicates += len(unique) - len(new)
+    if new:
+        session.execute(
+            insert(ClientReportRow), [_report_row(run_id, round_number, r, d) for r, d in new]
+        )
+        session.execute(
+            update(RoundRow)
+            .where(RoundRow.run_id == run_id, RoundRow.round == round_number)
+            .values(reports=RoundRow.reports + len(new))
+        )
+    return len(new), duplicates
+
+
+def close_round(
+    session: Session, run_id: str, round_number: int, body: RoundClose
+) -> tuple[bool, int]:
+    """Close a round; return ``(already_closed, reports)``."""
+    digest = content_hash(body)
+    row = lock_round(session, run_id, round_number)
+    if row.status == "closed":
+        if row.close_hash != digest:
+            raise Conflict(
+                f"run {run_id} round {round_number} is already closed with different statistics"
+            )
+        return True, row.reports
+    scalars, nonfinite = split_nonfinite(
+        {"global_eval_loss": body.global_eval_loss, "aggregate_update_norm": body.aggregate_update_norm}
+    )
+    session.execute(
+        update(RoundRow)
+        .where(RoundRow.run_id == run_id, RoundRow.round == round_number)
+        .values(
+            status="closed",
+            closed_at=utcnow(),
+            close_hash=digest,
+            global_eval_accuracy=body.global_eval_accuracy,
+            aggregate_sketch=pack(body.aggregate_sketch),
+            num_sampled=body.num_sampled,
+            epsilon=body.epsilon,
+            nonfinite=nonfinite,
+            **scalars,
+        )
+    )
+    return False, row.reports
+
+
+def count_reports(session: Session, run_id: str) -> int:
+    return session.execute(
+        select(func.count()).select_from(ClientReportRow).where(ClientReportRow.run_id == run_id)
+    ).scalar_one()
