@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import prometheus_client
 from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
@@ -46,6 +48,33 @@ def _error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(DBAPIError, store_error)
+
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+
+def _json_safe(value: object) -> object:
+    """NaN/Infinity as strings (JSON has no such numbers), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _plain_error(error: dict) -> dict:
+    """A validation error fit for JSON: no huge echoed inputs, no NaN, no exception objects."""
+    out = {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+    raw = error.get("input")
+    if raw is not None and len(repr(raw)) <= 200:
+        out["input"] = _json_safe(raw)
+    return out
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:

@@ -48,7 +48,7 @@ def ingest_reports(
     limit = request.app.state.settings.max_reports_per_request
     if len(batch.reports) > limit:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            413,
             f"{len(batch.reports)} reports in one request; the limit is {limit}, send smaller batches",
         )
     config = _run_config(request, store, run_id)

@@ -64,5 +64,6 @@ def restore_nonfinite(values: dict[str, float | None], nonfinite: str | None) ->
         return values
     restored = dict(values)
     for key, name in json.loads(nonfinite).items():
-        restored[key] = _NONFINITE_NAMES[name]
+        if key in restored:
+            restored[key] = _NONFINITE_NAMES[name]
     return restored
