@@ -1,0 +1,164 @@
+"""Update divergence from update norms and sketches, vectorised over clients.
+
+A sketch is a fixed-seed random projection of a client's flattened model
+delta; inner products, hence cosines and norm ratios, survive it (Johnson-
+Lindenstrauss), the weights do not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "MAD_TO_SD",
+    "MEAN_AD_TO_SD",
+    "cosine_to",
+    "rowwise_cosine",
+    "norm_ratio_to_median",
+    "robust_z",
+    "stale_updates",
+    "free_riders",
+    "nonfinite_rows",
+    "update_streak",
+]
+
+MAD_TO_SD = 1.482602218505602
+"""1 / Phi^{-1}(3/4): makes the MAD a consistent estimator of a normal sd."""
+MEAN_AD_TO_SD = 1.2533141373155001
+"""sqrt(pi/2): makes the mean absolute deviation a consistent estimator of a normal sd."""
+
+
+def cosine_to(sketch: np.ndarray, target: np.ndarray) -> np.ndarray:
+    r"""Cosine similarity of every row of ``sketch`` to one vector ``target``.
+
+    .. math:: \cos_i = \frac{s_i \cdot t}{\|s_i\| \|t\|}
+
+    Parameters
+    ----------
+    sketch : ndarray, shape (n, D)
+    target : ndarray, shape (D,)
+
+    Returns ``(n,)``: NaN where a row or the target is zero, missing or not finite.
+    Same as ``1 - scipy.spatial.distance.cosine(s_i, t)``.
+    """
+    s = np.asarray(sketch, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    return rowwise_cosine(s, np.broadcast_to(t, s.shape))
+
+
+def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of ``a[i]`` and ``b[i]`` for every row; NaN where undefined."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    dot = np.einsum("ij,ij->i", a, b)
+    na = np.sqrt(np.einsum("ij,ij->i", a, a))
+    nb = np.sqrt(np.einsum("ij,ij->i", b, b))
+    den = na * nb
+    good = np.isfinite(dot) & np.isfinite(den) & (den > 0)
+    out = np.full(a.shape[0], np.nan)
+    np.divide(dot, den, out=out, where=good)
+    return np.clip(out, -1.0, 1.0)
+
+
+def norm_ratio_to_median(norms: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    r"""Each client's update norm divided by the round's median norm.
+
+    .. math:: r_i = \|u_i\| / \operatorname{median}_j \|u_j\|
+
+    The median is over finite norms (and ``mask``). NaN where the norm is
+    missing or not finite, or the median is zero.
+    """
+    x = np.asarray(norms, dtype=np.float64)
+    ok = np.isfinite(x)
+    if mask is not None:
+        ok &= mask
+    out = np.full(x.shape, np.nan)
+    if not ok.any():
+        return out
+    med = np.median(x[ok])
+    if med > 0:
+        np.divide(x, med, out=out, where=np.isfinite(x))
+    return out
+
+
+def robust_z(x: np.ndarray, mask: np.ndarray | None = None, min_count: int = 5) -> np.ndarray:
+    r"""Robust z-score of each value within its round.
+
+    .. math:: z_i = \frac{x_i - \operatorname{median}(x)}{1.4826\,\operatorname{MAD}(x)}
+
+    The median and MAD are over finite values (and ``mask``). When the MAD is
+    0 (more than half the values tie) the scale falls back to
+    ``1.2533 * mean |x - median|``; when that is 0 too, ``z`` is 0 at the
+    median and ``+-inf`` elsewhere. Fewer than ``min_count`` values: all NaN
+    (a median of four clients says little).
+
+    Reference: Iglewicz & Hoaglin, "How to Detect and Handle Outliers", 1993
+    (modified z-score, outliers at ``|z| > 3.5``).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x)
+    if mask is not None:
+        ok &= mask
+    out = np.full(x.shape, np.nan)
+    if ok.sum() < min_count:
+        return out
+    v = x[ok]
+    med = np.median(v)
+    dev = np.abs(v - med)
+    scale = MAD_TO_SD * np.median(dev)
+    if scale <= 0:
+        scale = MEAN_AD_TO_SD * dev.mean()
+    fin = np.isfinite(x)
+    d = x - med
+    if scale > 0:
+        out[fin] = d[fin] / scale
+    else:
+        out[fin] = np.where(d[fin] == 0, 0.0, np.sign(d[fin]) * np.inf)
+    return out
+
+
+def stale_updates(
+    cos_prev: np.ndarray,
+    norm: np.ndarray,
+    prev_norm: np.ndarray,
+    cosine_min: float = 0.9999,
+    norm_rtol: float = 1e-3,
+) -> np.ndarray:
+    r"""Updates that repeat the client's previous one.
+
+    Stale when ``cos(s_t, s_{t-1}) >= cosine_min`` and
+    ``|\|u_t\| / \|u_{t-1}\| - 1| <= norm_rtol``. Where no sketch exists
+    (``cos_prev`` NaN) the norm alone must match to ``1e-9`` relative: an
+    identical float norm is itself strong evidence of a resent update.
+    Zero norms are never stale (they are free-riders).
+    """
+    norm = np.asarray(norm, dtype=np.float64)
+    prev = np.asarray(prev_norm, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(norm / prev - 1.0)
+    pos = np.isfinite(rel) & (norm > 0) & (prev > 0)
+    by_sketch = np.isfinite(cos_prev) & (np.nan_to_num(cos_prev, nan=-2.0) >= cosine_min)
+    by_sketch &= pos & (rel <= norm_rtol)
+    by_norm = ~np.isfinite(cos_prev) & pos & (rel <= 1e-9)
+    return by_sketch | by_norm
+
+
+def free_riders(norm_ratio: np.ndarray, norm: np.ndarray, ratio_max: float = 0.01) -> np.ndarray:
+    """Near-zero updates: ``norm == 0`` or norm ratio to the round median ``<= ratio_max``."""
+    norm = np.asarray(norm, dtype=np.float64)
+    r = np.nan_to_num(np.asarray(norm_ratio, dtype=np.float64), nan=np.inf)
+    return (norm == 0) | (r <= ratio_max)
+
+
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """True for rows holding any NaN/inf but not entirely NaN (an all-NaN row is "not reported")."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        return np.isinf(x)
+    missing = np.isnan(x).all(axis=-1)
+    return ~np.isfinite(x).all(axis=-1) & ~missing
+
+
+def update_streak(streak: np.ndarray, flagged: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Consecutive-round counters: +1 where flagged, 0 where observed and not flagged, kept otherwise."""
+    return np.where(flagged, streak + 1, np.where(observed, 0, streak))

@@ -1,0 +1,136 @@
+"""Fairness of the global model across clients, from their evaluation accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "FAIRNESS_KEYS",
+    "gini",
+    "jain_index",
+    "worst_fraction_mean",
+    "fairness_summary",
+    "window_slope",
+    "fairness_regression",
+    "federation_benefit",
+]
+
+FAIRNESS_KEYS = (
+    "accuracy_mean",
+    "accuracy_std",
+    "accuracy_min",
+    "accuracy_max",
+    "accuracy_worst10_mean",
+    "accuracy_gap",
+    "accuracy_gini",
+    "accuracy_jain",
+    "accuracy_share_below_floor",
+    "accuracy_clients",
+)
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def gini(x: np.ndarray) -> float:
+    r"""Gini coefficient of non-negative values.
+
+    .. math:: G = \frac{\sum_i \sum_j |x_i - x_j|}{2 n^2 \bar x}
+                = \frac{2\sum_i i\,x_{(i)}}{n \sum_i x_i} - \frac{n+1}{n}
+
+    (``x_{(i)}`` sorted ascending, ``i = 1..n``). 0 = everyone equal; NaN for
+    no values or a zero mean. O(n log n).
+    """
+    v = np.sort(_finite(x))
+    n = v.size
+    if n == 0 or v.sum() <= 0:
+        return math.nan
+    i = np.arange(1, n + 1)
+    return float(2.0 * (i * v).sum() / (n * v.sum()) - (n + 1.0) / n)
+
+
+def jain_index(x: np.ndarray) -> float:
+    r"""Jain's fairness index :math:`J = (\sum x_i)^2 / (n \sum x_i^2)`, in ``[1/n, 1]``.
+
+    1 = everyone equal. NaN for no values or all zeros. Reference: Jain, Chiu &
+    Hawe, DEC-TR-301, 1984.
+    """
+    v = _finite(x)
+    s2 = (v**2).sum()
+    if v.size == 0 or s2 <= 0:
+        return math.nan
+    return float(v.sum() ** 2 / (v.size * s2))
+
+
+def worst_fraction_mean(x: np.ndarray, fraction: float = 0.1) -> float:
+    """Mean of the worst ``ceil(fraction * n)`` values (at least one); NaN when empty."""
+    v = _finite(x)
+    if v.size == 0:
+        return math.nan
+    k = max(1, math.ceil(fraction * v.size))
+    return float(np.partition(v, k - 1)[:k].mean())
+
+
+def fairness_summary(accuracy: np.ndarray, floor: float = 0.5, fraction: float = 0.1) -> dict[str, float]:
+    """Fairness aggregates of the clients' evaluation accuracy (finite values only).
+
+    Keys: ``accuracy_mean``, ``accuracy_std`` (population, ddof=0),
+    ``accuracy_min``, ``accuracy_max``, ``accuracy_worst10_mean`` (mean of the
+    worst ``fraction``), ``accuracy_gap`` (max - min), ``accuracy_gini``,
+    ``accuracy_jain``, ``accuracy_share_below_floor`` (share of clients with
+    accuracy < ``floor``), ``accuracy_clients`` (count). NaN when no client
+    reported an accuracy.
+    """
+    v = _finite(accuracy)
+    if v.size == 0:
+        out = dict.fromkeys(FAIRNESS_KEYS, math.nan)
+        out["accuracy_clients"] = 0.0
+        return out
+    return {
+        "accuracy_mean": float(v.mean()),
+        "accuracy_std": float(v.std()),
+        "accuracy_min": float(v.min()),
+        "accuracy_max": float(v.max()),
+        "accuracy_worst10_mean": worst_fraction_mean(v, fraction),
+        "accuracy_gap": float(v.max() - v.min()),
+        "accuracy_gini": gini(v),
+        "accuracy_jain": jain_index(v),
+        "accuracy_share_below_floor": float((v < floor).mean()),
+        "accuracy_clients": float(v.size),
+    }
+
+
+def window_slope(y: np.ndarray) -> float:
+    """Least-squares slope per round of the finite values of ``y`` (index = round offset); NaN if < 2."""
+    y = np.asarray(y, dtype=np.float64)
+    t = np.arange(y.size, dtype=np.float64)
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return math.nan
+    t, y = t[ok], y[ok]
+    tc = t - t.mean()
+    return float((tc * (y - y.mean())).sum() / (tc**2).sum())
+
+
+def fairness_regression(mean_history: np.ndarray, worst_history: np.ndarray) -> tuple[float, float]:
+    r"""Change of the mean and of the worst-decile accuracy over a window.
+
+    Each is the least-squares slope times ``(window - 1)``: the fitted change
+    from the first to the last round of the window, less noisy than
+    last-minus-first. A fairness regression is ``mean_change > 0`` while
+    ``worst_change < -threshold``: the federation looks better on average while
+    its worst clients get worse.
+
+    Returns ``(mean_change, worst_change)``; NaN with fewer than two rounds.
+    """
+    w = len(mean_history)
+    return window_slope(mean_history) * (w - 1), window_slope(worst_history) * (w - 1)
+
+
+def federation_benefit(eval_accuracy: np.ndarray, local_accuracy: np.ndarray) -> np.ndarray:
+    """Per client ``eval_accuracy - local_accuracy``: what federating gained over training alone (NaN where either is missing)."""
+    return np.asarray(eval_accuracy, dtype=np.float64) - np.asarray(local_accuracy, dtype=np.float64)

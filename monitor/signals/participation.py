@@ -1,0 +1,49 @@
+"""Participation: who reported, who keeps dropping out, who is slow."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from monitor.signals.divergence import robust_z
+
+__all__ = ["STATUSES", "status_counts", "participation_ratio", "dropout_streaks", "straggler_z"]
+
+STATUSES = ("ok", "failed", "dropped", "timeout")
+
+
+def status_counts(status: np.ndarray) -> dict[str, int]:
+    """Number of reports per status (``ok``, ``failed``, ``dropped``, ``timeout``)."""
+    s = np.asarray(status, dtype=object)
+    return {k: int((s == k).sum()) for k in STATUSES}
+
+
+def participation_ratio(reported_ok: int, expected: int | None) -> float:
+    """``reported_ok / expected``; NaN when nothing was expected."""
+    if not expected:
+        return math.nan
+    return reported_ok / expected
+
+
+def dropout_streaks(streak: np.ndarray, failed: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Consecutive rounds a client failed, dropped out, timed out or (when expected) went missing.
+
+    ``failed`` marks this round's non-ok clients (including expected clients
+    that sent nothing); ``ok`` the clients that reported successfully. Others
+    keep their streak (a client not sampled this round is not a dropout).
+    """
+    return np.where(failed, streak + 1, np.where(ok, 0, streak))
+
+
+def straggler_z(wall_time_seconds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    r"""Robust z-score of ``ln(wall time)`` within the round.
+
+    Wall times are right-skewed; on the log scale a client taking 3x the
+    median is as far out as one taking a third. See
+    :func:`monitor.signals.divergence.robust_z`.
+    """
+    t = np.asarray(wall_time_seconds, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lt = np.log(np.where(t > 0, t, np.nan))
+    return robust_z(lt, mask)
