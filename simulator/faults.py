@@ -1,0 +1,226 @@
+"""The faults the simulator injects, each acting where the real failure would.
+
+Data faults change what a client trains and evaluates on, so every statistic
+downstream (histograms, losses, the update itself) comes from real training on
+the faulty data:
+
+* ``label_drift``: a share ``severity`` of the client's rows is replaced by rows
+  of class ``target_class`` (default 0) drawn from the pooled data: its label
+  distribution moves toward that class.
+* ``covariate_shift``: features ``features`` (default: the quarter with the
+  largest spread) shift by ``severity * shift * sd_f`` (``shift`` default 1).
+* ``label_flip``: a share ``severity`` of training labels become ``C - 1 - y``.
+* ``noisy_labels``: a share ``severity`` of training labels become uniform random.
+* ``fairness_regression``: a cohort's features drift together, growing linearly:
+  ``x_f += min(1, (r - onset + 1) / ramp_rounds) * severity * shift * sd_f * s_f``
+  with one fixed random sign ``s_f`` per feature for the whole cohort (``shift``
+  default 2, ``ramp_rounds`` default 10). The cohort trains on its drifted data
+  too, but the majority dominates the average, so the global model serves the
+  cohort worse while the mean improves.
+
+Update faults act on the trained update ``d`` (the delta to the global model):
+
+* ``stale_update``: with probability ``severity`` the client re-sends its
+  previous update and statistics (handled by the simulator, which keeps them).
+* ``free_rider``: ``d <- (1 - severity) d + severity * noise_std * N(0, I)``
+  (``noise_std`` default 1e-4): at severity 1 a near-zero update.
+* ``exploding_update``: ``d <- (1 + severity (scale - 1)) d`` (``scale`` default 100).
+* ``nonfinite_update``: a share ``severity`` of the entries (at least one)
+  become NaN (or +inf with ``value: inf``); the client's train loss is NaN.
+
+Participation faults:
+
+* ``dropout``: each round, with probability ``severity``, the sampled client
+  silently sends nothing (and its update never reaches the server).
+* ``straggler``: wall time multiplied by ``1 + severity * slowdown`` (default 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from simulator.scenario import FaultSpec, Scenario
+
+DATA_FAULTS = ("label_drift", "covariate_shift", "label_flip", "noisy_labels", "fairness_regression")
+UPDATE_FAULTS = ("free_rider", "exploding_update", "nonfinite_update")
+
+
+@dataclass(frozen=True)
+class ActiveFault:
+    """A fault as it applies to one client: its index in the scenario, spec and per-fault constants."""
+
+    index: int
+    spec: FaultSpec
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def severity(self) -> float:
+        return self.spec.severity
+
+    def option(self, name: str, default):
+        return self.spec.options.get(name, default)
+
+
+@dataclass(frozen=True)
+class FaultContext:
+    """What data faults need to know about the federation (all from clean training data)."""
+
+    num_classes: int
+    feature_std: np.ndarray  # [d]
+    pool_X: np.ndarray
+    pool_y: np.ndarray
+    seed: int
+
+    def default_shift_features(self) -> np.ndarray:
+        d = len(self.feature_std)
+        return np.sort(np.argsort(-self.feature_std, kind="stable")[: max(1, d // 4)])
+
+    def cohort_signs(self, fault_index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 7001, fault_index])
+        return rng.choice(np.array([-1.0, 1.0]), size=len(self.feature_std))
+
+
+class FaultPlan:
+    """Which faults hit which client in which round, and the run's ground truth."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self._by_client: dict[int, list[ActiveFault]] = {}
+        for i, spec in enumerate(scenario.faults):
+            for c in spec.clients:
+                self._by_client.setdefault(scenario.client_index(c), []).append(ActiveFault(i, spec))
+
+    def active(self, client: int, round: int, kinds: tuple[str, ...] | None = None) -> list[ActiveFault]:
+        return [
+            f
+            for f in self._by_client.get(client, [])
+            if f.spec.active(round) and (kinds is None or f.kind in kinds)
+        ]
+
+    def faulty_clients(self) -> set[int]:
+        return set(self._by_client)
+
+    def ground_truth(self) -> list[dict]:
+        """One entry per (client, fault): what a detector should find, and from when."""
+        truth = []
+        for i, spec in enumerate(self.scenario.faults):
+            for c in spec.clients:
+                k = self.scenario.client_index(c)
+                truth.append(
+                    {
+                        "client_id": self.scenario.client_id(k),
+                        "fault": spec.kind,
+                        "onset_round": spec.onset_round,
+                        "end_round": spec.end_round,
+                        "severity": spec.severity,
+                        "options": dict(spec.options),
+                        "fault_index": i,
+                    }
+                )
+        return truth
+
+
+def fault_rng(seed: int, round: int, client: int, fault_index: int) -> np.random.Generator:
+    """Randomness of one fault on one client in one round, independent of everything else."""
+    return np.random.default_rng([seed, 7000, round, client, fault_index])
+
+
+def apply_data_faults(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    faults: list[ActiveFault],
+    *,
+    round: int,
+    client: int,
+    ctx: FaultContext,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return faulty copies of a client's train and held-out data (inputs untouched)."""
+    x_train, y_train, x_test, y_test = x_train.copy(), y_train.copy(), x_test.copy(), y_test.copy()
+    for f in faults:
+        rng = fault_rng(ctx.seed, round, client, f.index)
+        s = f.severity
+        if f.kind == "label_drift":
+            target = int(f.option("target_class", 0)) % ctx.num_classes
+            pool = np.flatnonzero(ctx.pool_y == target)
+            for x, y in ((x_train, y_train), (x_test, y_test)):
+                m = int(round_half_up(s * len(y)))
+                if m == 0 or len(pool) == 0:
+                    continue
+                rows = rng.choice(len(y), size=m, replace=False)
+                src = rng.choice(pool, size=m, replace=True)
+                x[rows] = ctx.pool_X[src]
+                y[rows] = target
+        elif f.kind == "covariate_shift":
+            feats = np.asarray(f.option("features", ctx.default_shift_features()), dtype=np.int64)
+            amount = (s * float(f.option("shift", 1.0)) * ctx.feature_std[feats]).astype(np.float32)
+            x_train[:, feats] += amount
+            x_test[:, feats] += amount
+        elif f.kind == "label_flip":
+            rows = rng.random(len(y_train)) < s
+            y_train[rows] = ctx.num_classes - 1 - y_train[rows]
+        elif f.kind == "noisy_labels":
+            rows = rng.random(len(y_train)) < s
+            y_train[rows] = rng.integers(0, ctx.num_classes, int(rows.sum()))
+        elif f.kind == "fairness_regression":
+            ramp = max(1, int(f.option("ramp_rounds", 10)))
+            progress = min(1.0, (round - f.spec.onset_round + 1) / ramp)
+            amount = progress * s * float(f.option("shift", 2.0)) * ctx.feature_std * ctx.cohort_signs(f.index)
+            x_train += amount.astype(np.float32)
+            x_test += amount.astype(np.float32)
+    return x_train, y_train, x_test, y_test
+
+
+def round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def apply_update_faults(
+    delta: torch.Tensor, faults: list[ActiveFault], *, round: int, client: int, seed: int
+) -> tuple[torch.Tensor, bool]:
+    """Return the faulty update ``[P]`` and whether it was made non-finite."""
+    nonfinite = False
+    for f in faults:
+        s = f.severity
+        gen = torch.Generator().manual_seed(int(fault_rng(seed, round, client, f.index).integers(2**62)))
+        if f.kind == "free_rider":
+            noise = torch.randn(delta.shape, generator=gen) * float(f.option("noise_std", 1e-4))
+            delta = (1.0 - s) * delta + s * noise
+        elif f.kind == "exploding_update":
+            delta = delta * (1.0 + s * (float(f.option("scale", 100.0)) - 1.0))
+        elif f.kind == "nonfinite_update":
+            count = max(1, round_half_up(s * delta.numel()))
+            rows = torch.randperm(delta.numel(), generator=gen)[:count]
+            delta = delta.clone()
+            delta[rows] = float("inf") if f.option("value", "nan") == "inf" else float("nan")
+            nonfinite = True
+    return delta, nonfinite
+
+
+def drops_out(faults: list[ActiveFault], *, round: int, client: int, seed: int) -> bool:
+    """Whether a sampled client silently sends nothing this round."""
+    return any(
+        f.kind == "dropout" and fault_rng(seed, round, client, f.index).random() < f.severity for f in faults
+    )
+
+
+def resends_stale(faults: list[ActiveFault], *, round: int, client: int, seed: int) -> bool:
+    return any(
+        f.kind == "stale_update" and fault_rng(seed, round, client, f.index).random() < f.severity
+        for f in faults
+    )
+
+
+def wall_time_factor(faults: list[ActiveFault]) -> float:
+    factor = 1.0
+    for f in faults:
+        if f.kind == "straggler":
+            factor *= 1.0 + f.severity * float(f.option("slowdown", 10.0))
+    return factor

@@ -1,0 +1,578 @@
+"""Run a scenario: build the federation, train round by round, report what happened.
+
+One round r (rounds are numbered from 1)::
+
+    sample clients (fixed-size without replacement; Poisson(q) under DP)
+    drop the ones a dropout fault silences; stale clients re-send their last message
+    apply data faults -> train every remaining client locally (batched or sequential)
+    d_k = w_k - w_global;  update faults act on d_k
+    statistics from the actual training: losses, accuracies, ||d_k||, sketch R^T d_k,
+        label/feature histograms of the data trained on, global model on local held-out
+    aggregate the finite updates: FedAvg  D = sum n_k d_k / sum n_k
+                                  DP-FedAvg  D = (sum clip(d_k) + N(0, (sigma C)^2)) / (q N)
+    w_global <- w_global + D; evaluate on the pooled held-out data; close the round
+
+Randomness is split by purpose and round (``default_rng([seed, purpose, round])``)
+and drawn for every client whether or not it trains, so one client's fault never
+changes another client's shuffling or noise, and the same seed gives the same
+statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collectors.sink import ReportSink
+from simulator import faults as F
+from simulator.baselines import centralized_epochs, train_centralized, train_local_baselines
+from simulator.data import Dataset, load_dataset
+from simulator.dp import PrivacyLedger, clip_updates, dp_aggregate
+from simulator.models import Params, flatten, flatten_stacked, get_params, make_model, num_params, unflatten
+from simulator.partition import make_partition, split_held_out
+from simulator.scenario import Scenario
+from simulator.stats import (
+    add_histogram_noise,
+    fairness_summary,
+    feature_bin_edges,
+    feature_histograms,
+    label_histograms,
+    sketch,
+    sketch_matrix,
+)
+from simulator.train import evaluate_groups, make_schedule, train
+
+# purposes of the seeded random streams
+_DATA, _PARTITION, _SAMPLE, _KEYS, _SPEED, _JITTER, _HNOISE, _DPNOISE, _CENTRAL, _LOCAL = range(10)
+
+
+@dataclass
+class Federation:
+    """The clients' data as each holds it (after the partition's feature map), clean."""
+
+    dataset: Dataset
+    x_train: list[np.ndarray]
+    y_train: list[np.ndarray]
+    x_test: list[np.ndarray]
+    y_test: list[np.ndarray]
+    train_offsets: np.ndarray  # start of client k's rows in the federation-wide key arrays
+    edges: list[np.ndarray]
+    feature_std: np.ndarray
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.y_train)
+
+    def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.x_train), np.concatenate(self.y_train)
+
+    def pooled_test(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.x_test), np.concatenate(self.y_test)
+
+
+def build_federation(scenario: Scenario) -> Federation:
+    seed = scenario.seed
+    dataset = load_dataset(
+        scenario.dataset,
+        num_clients=scenario.num_clients,
+        rng=np.random.default_rng([seed, _DATA]),
+        synthetic_alpha=scenario.synthetic_alpha,
+        synthetic_beta=scenario.synthetic_beta,
+        synthetic_iid=scenario.synthetic_iid,
+        synthetic_max_examples=scenario.synthetic_max_examples,
+    )
+    rng = np.random.default_rng([seed, _PARTITION])
+    part = make_partition(
+        scenario.partition,
+        dataset,
+        scenario.num_clients,
+        rng,
+        alpha=scenario.alpha,
+        feature_strength=scenario.feature_skew,
+    )
+    xs_tr, ys_tr, xs_te, ys_te = [], [], [], []
+    for k, rows in enumerate(part.indices):
+        tr, te = split_held_out(rows, scenario.test_fraction, rng)
+        X = dataset.X
+        if part.scale is not None and part.shift is not None:
+            X_tr = X[tr] * part.scale[k] + part.shift[k]
+            X_te = X[te] * part.scale[k] + part.shift[k]
+        else:
+            X_tr, X_te = X[tr], X[te]
+        xs_tr.append(np.ascontiguousarray(X_tr, dtype=np.float32))
+        xs_te.append(np.ascontiguousarray(X_te, dtype=np.float32))
+        ys_tr.append(dataset.y[tr])
+        ys_te.append(dataset.y[te])
+    sizes = np.array([len(y) for y in ys_tr])
+    pooled = np.concatenate(xs_tr)
+    return Federation(
+        dataset=dataset,
+        x_train=xs_tr,
+        y_train=ys_tr,
+        x_test=xs_te,
+        y_test=ys_te,
+        train_offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+        edges=feature_bin_edges(pooled, scenario.bins),
+        feature_std=pooled.std(axis=0).astype(np.float64),
+    )
+
+
+@dataclass
+class RoundOutput:
+    round: int
+    reports: list[dict[str, Any]]
+    close: dict[str, Any]
+    sampled: list[int]
+    train_seconds: float
+
+
+@dataclass
+class SimulationResult:
+    run_id: str
+    rounds: int
+    final_accuracy: float
+    final_loss: float
+    centralized_accuracy: float | None
+    client_accuracy: dict[str, float]
+    local_accuracy: dict[str, float] | None
+    fairness: dict[str, float]
+    ground_truth: list[dict]
+    truth_path: Path | None
+    epsilon: float | None
+    global_accuracy_history: list[float] = field(default_factory=list)
+    client_accuracy_history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def gap(self) -> float | None:
+        if self.centralized_accuracy is None:
+            return None
+        return self.centralized_accuracy - self.final_accuracy
+
+
+def _f(x: float | torch.Tensor) -> float:
+    return float(x)
+
+
+class Simulation:
+    """The state of one simulated run; :meth:`run_round` advances it by one round."""
+
+    def __init__(self, scenario: Scenario, federation: Federation | None = None) -> None:
+        self.scenario = scenario
+        self.fed = federation or build_federation(scenario)
+        ds = self.fed.dataset
+        self.model = make_model(scenario.model, ds.num_features, ds.num_classes, scenario.hidden, seed=scenario.seed)
+        self.init_params: Params = get_params(self.model)
+        self.global_params: Params = get_params(self.model)
+        self.P = num_params(self.global_params)
+        self.R = sketch_matrix(self.P, scenario.sketch_dim, scenario.effective_sketch_seed)
+        self.plan = F.FaultPlan(scenario)
+        X_pool, y_pool = self.fed.pooled_train()
+        self.ctx = F.FaultContext(ds.num_classes, self.fed.feature_std, X_pool, y_pool, scenario.seed)
+        X_test, y_test = self.fed.pooled_test()
+        self.X_test = torch.from_numpy(X_test)
+        self.Y_test = torch.from_numpy(y_test)
+        self.speed = np.random.default_rng([scenario.seed, _SPEED]).lognormal(
+            0.0, scenario.wall_time.speed_sigma, self.fed.num_clients
+        )
+        self.total_train_rows = int(sum(len(y) for y in self.fed.y_train))
+        self.last_message: dict[int, tuple[dict[str, Any], torch.Tensor, bool]] = {}
+        self.ledger = (
+            PrivacyLedger(scenario.dp.noise_multiplier, scenario.sample_fraction, scenario.dp.delta)
+            if scenario.dp
+            else None
+        )
+        self.local_accuracy: np.ndarray | None = None
+        self.centralized = None
+
+    # -- baselines ---------------------------------------------------------
+
+    def compute_baselines(self) -> None:
+        s = self.scenario
+        fed = self.fed
+        if s.centralized_baseline:
+            Xtr, ytr = fed.pooled_train()
+            Xte, yte = fed.pooled_test()
+            self.centralized = train_centralized(
+                self.model,
+                self.init_params,
+                Xtr,
+                ytr,
+                Xte,
+                yte,
+                epochs=centralized_epochs(s.rounds, s.local_epochs, s.sample_fraction),
+                batch_size=s.batch_size,
+                lr=s.lr,
+                rng=np.random.default_rng([s.seed, _CENTRAL]),
+            )
+        if s.local_baselines:
+            self.local_accuracy = train_local_baselines(
+                self.model,
+                self.init_params,
+                fed.x_train,
+                fed.y_train,
+                fed.x_test,
+                fed.y_test,
+                epochs=s.rounds * s.local_epochs,
+                batch_size=s.batch_size,
+                lr=s.lr,
+                rng=np.random.default_rng([s.seed, _LOCAL]),
+            )
+
+    # -- registration --------------------------------------------------------
+
+    def run_spec(self) -> dict[str, Any]:
+        """The RunCreate body."""
+        s, ds = self.scenario, self.fed.dataset
+        spec: dict[str, Any] = {
+            "run_id": s.run_id,
+            "name": s.name or f"simulated {s.dataset} / {s.partition} / {s.algorithm}",
+            "task": {
+                "num_classes": ds.num_classes,
+                "class_names": ds.class_names,
+                "feature_names": ds.feature_names,
+            },
+            "feature_bin_edges": [[float(v) for v in e] for e in self.fed.edges],
+            "sketch_dim": s.sketch_dim,
+            "sketch_seed": s.effective_sketch_seed,
+            "expected_clients": s.num_clients,
+            "metadata": {
+                "source": "fedsentinel-simulator",
+                "dataset": s.dataset,
+                "partition": s.partition,
+                "alpha": s.alpha,
+                "model": s.model,
+                "algorithm": s.algorithm,
+                "mu": s.effective_mu,
+                "rounds": s.rounds,
+                "sample_fraction": s.sample_fraction,
+                "local_epochs": s.local_epochs,
+                "batch_size": s.batch_size,
+                "lr": s.lr,
+                "seed": s.seed,
+                "faults": len(s.faults),
+            },
+        }
+        if s.dp:
+            spec["dp"] = {
+                "noise_multiplier": s.dp.noise_multiplier,
+                "clip_norm": s.dp.clip_norm,
+                "sample_rate": s.sample_fraction,
+                "delta": s.dp.delta,
+                "target_epsilon": s.dp.target_epsilon,
+            }
+        if self.centralized is not None:
+            spec["centralized_accuracy"] = self.centralized.accuracy
+        return spec
+
+    # -- one round -----------------------------------------------------------
+
+    def sample(self, r: int) -> list[int]:
+        s = self.scenario
+        n = self.fed.num_clients
+        rng = np.random.default_rng([s.seed, _SAMPLE, r])
+        if s.dp:  # Poisson sampling, as the RDP accountant assumes
+            return np.flatnonzero(rng.random(n) < s.sample_fraction).tolist()
+        m = max(1, round(s.sample_fraction * n))
+        return np.sort(rng.choice(n, size=m, replace=False)).tolist()
+
+    def run_round(self, r: int) -> RoundOutput:
+        s, fed, seed = self.scenario, self.fed, self.scenario.seed
+        sampled = self.sample(r)
+        trainers: list[int] = []
+        stale: list[int] = []
+        for k in sampled:
+            active = self.plan.active(k, r)
+            if F.drops_out(active, round=r, client=k, seed=seed):
+                continue
+            if k in self.last_message and F.resends_stale(active, round=r, client=k, seed=seed):
+                stale.append(k)
+            else:
+                trainers.append(k)
+
+        # the data each trainer holds this round (data faults applied)
+        xs_tr, ys_tr, xs_te, ys_te = [], [], [], []
+        for k in trainers:
+            data = (fed.x_train[k], fed.y_train[k], fed.x_test[k], fed.y_test[k])
+            active = self.plan.active(k, r, F.DATA_FAULTS)
+            if active:
+                data = F.apply_data_faults(*data, active, round=r, client=k, ctx=self.ctx)
+            xs_tr.append(data[0])
+            ys_tr.append(data[1])
+            xs_te.append(data[2])
+            ys_te.append(data[3])
+        K = len(trainers)
+        reports: dict[int, dict[str, Any]] = {}
+        deltas = torch.zeros((0, self.P))
+        nonfinite = torch.zeros(0, dtype=torch.bool)
+        train_seconds = 0.0
+        if K:
+            sizes = np.array([len(y) for y in ys_tr])
+            keys_all = np.random.default_rng([seed, _KEYS, r]).random((s.local_epochs, self.total_train_rows))
+            cols = np.concatenate([fed.train_offsets[k] + np.arange(n) for k, n in zip(trainers, sizes, strict=True)])
+            schedule = make_schedule(sizes, s.local_epochs, s.batch_size, keys_all[:, cols])
+            X = torch.from_numpy(np.concatenate(xs_tr))
+            Y = torch.from_numpy(np.concatenate(ys_tr))
+            t0 = time.perf_counter()
+            local = train(
+                s.engine, self.model, self.global_params, X, Y, schedule, lr=s.lr, mu=s.effective_mu
+            )
+            deltas = flatten_stacked(local.params) - flatten(self.global_params)
+            train_seconds = time.perf_counter() - t0
+            train_loss = local.train_loss()
+            train_acc = local.train_accuracy()
+
+            nonfinite = torch.zeros(K, dtype=torch.bool)
+            for i, k in enumerate(trainers):
+                active = self.plan.active(k, r, F.UPDATE_FAULTS)
+                if active:
+                    deltas[i], nonfinite[i] = F.apply_update_faults(deltas[i], active, round=r, client=k, seed=seed)
+            norms = deltas.norm(dim=1)
+            sketches = sketch(deltas, self.R)
+            clipped = None
+            if s.dp:
+                clipped = norms > s.dp.clip_norm
+
+            # the global model (as received) on each client's held-out data
+            test_sizes = [len(y) for y in ys_te]
+            group = torch.from_numpy(np.repeat(np.arange(K), test_sizes))
+            ev_loss, ev_hits, ev_count = evaluate_groups(
+                self.model,
+                self.global_params,
+                torch.from_numpy(np.concatenate(xs_te)),
+                torch.from_numpy(np.concatenate(ys_te)),
+                group,
+                K,
+            )
+
+            client_of = np.repeat(np.arange(K), sizes)
+            y_cat = np.concatenate(ys_tr)
+            lab = label_histograms(y_cat, client_of, K, fed.dataset.num_classes)
+            feat = feature_histograms(X.numpy(), client_of, K, fed.edges)
+            if s.histogram_noise:
+                hn = s.histogram_noise
+                rng = np.random.default_rng([seed, _HNOISE, r])
+                # noise drawn for every client so a client's noise is independent of who trains
+                lab_noise = add_histogram_noise(
+                    np.zeros((fed.num_clients, *lab.shape[1:])), hn.mechanism, hn.scale, rng
+                )
+                feat_noise = add_histogram_noise(
+                    np.zeros((fed.num_clients, *feat.shape[1:])), hn.mechanism, hn.scale, rng
+                )
+                lab = lab + lab_noise[trainers]
+                feat = feat + feat_noise[trainers]
+            nbins = [len(e) - 1 for e in fed.edges]
+            wt = s.wall_time
+            jitter = np.random.default_rng([seed, _JITTER, r]).lognormal(0.0, wt.jitter_sigma, fed.num_clients)
+            seen = local.seen.numpy()
+
+            # one bulk conversion to Python floats (per-element float() is slow at 1000s of clients)
+            norms_l, sketches_l = norms.tolist(), sketches.tolist()
+            tl_l, ta_l = train_loss.tolist(), train_acc.tolist()
+            el_l, eh_l, ec_l = ev_loss.tolist(), ev_hits.tolist(), ev_count.tolist()
+            lab_l, feat_l = lab.tolist(), feat.tolist()
+            for i, k in enumerate(trainers):
+                factor = F.wall_time_factor(self.plan.active(k, r, ("straggler",)))
+                wall = (wt.overhead_seconds + wt.seconds_per_example * seen[i] * self.speed[k] * jitter[k]) * factor
+                rep: dict[str, Any] = {
+                    "client_id": s.client_id(k),
+                    "status": "ok",
+                    "num_examples": int(sizes[i]),
+                    "train_loss": float("nan") if nonfinite[i] else tl_l[i],
+                    "train_accuracy": ta_l[i],
+                    "eval_loss": el_l[i] / ec_l[i] if ec_l[i] else None,
+                    "eval_accuracy": eh_l[i] / ec_l[i] if ec_l[i] else None,
+                    "wall_time_seconds": float(wall),
+                    "update_norm": norms_l[i],
+                    "update_sketch": sketches_l[i],
+                    "label_histogram": lab_l[i],
+                    "feature_histograms": [row[:nb] for row, nb in zip(feat_l[i], nbins, strict=True)],
+                }
+                if s.histogram_noise:
+                    rep["histogram_noise"] = {
+                        "mechanism": s.histogram_noise.mechanism,
+                        "scale": s.histogram_noise.scale,
+                    }
+                if clipped is not None:
+                    rep["clipped"] = bool(clipped[i])
+                if self.local_accuracy is not None and np.isfinite(self.local_accuracy[k]):
+                    rep["local_accuracy"] = float(self.local_accuracy[k])
+                reports[k] = rep
+                self.last_message[k] = (rep, deltas[i].clone(), bool(nonfinite[i]))
+
+        # stale clients re-send their last message, update included
+        stale_deltas, stale_nonfinite, stale_sizes = [], [], []
+        for k in stale:
+            rep, delta, bad = self.last_message[k]
+            reports[k] = dict(rep)
+            stale_deltas.append(delta)
+            stale_nonfinite.append(bad)
+            stale_sizes.append(rep["num_examples"])
+
+        # aggregate the finite updates that arrived
+        all_deltas = torch.cat([deltas, torch.stack(stale_deltas)]) if stale else deltas
+        all_bad = torch.cat([nonfinite, torch.tensor(stale_nonfinite, dtype=torch.bool)]) if stale else nonfinite
+        all_sizes = [reports[k]["num_examples"] for k in trainers] + stale_sizes
+        finite = ~all_bad & torch.isfinite(all_deltas).all(dim=1)
+        keep = all_deltas[finite]
+        weights = torch.tensor(all_sizes, dtype=torch.float32)[finite] if len(all_sizes) else torch.zeros(0)
+        aggregate: torch.Tensor | None = None
+        if s.dp:
+            clipped_deltas, _ = clip_updates(keep, s.dp.clip_norm)
+            aggregate = dp_aggregate(
+                clipped_deltas,
+                noise_multiplier=s.dp.noise_multiplier,
+                clip_norm=s.dp.clip_norm,
+                expected_clients=s.sample_fraction * fed.num_clients,
+                generator=torch.Generator().manual_seed(int(np.random.default_rng([seed, _DPNOISE, r]).integers(2**62))),
+            )
+        elif len(keep):
+            aggregate = (weights[:, None] * keep).sum(dim=0) / weights.sum()
+        if aggregate is not None:
+            new_flat = flatten(self.global_params) + aggregate
+            self.global_params = {n: p.clone() for n, p in unflatten(new_flat, self.global_params).items()}
+
+        g_loss, g_acc = self.global_eval()
+        close: dict[str, Any] = {
+            "global_eval_loss": g_loss,
+            "global_eval_accuracy": g_acc,
+            "aggregate_update_norm": _f(aggregate.norm()) if aggregate is not None else None,
+            "aggregate_sketch": sketch(aggregate[None, :], self.R)[0].tolist() if aggregate is not None else None,
+            "num_sampled": len(sampled),
+        }
+        if self.ledger is not None:
+            close["epsilon"] = self.ledger.step()
+        ordered = [reports[k] for k in sorted(reports)]
+        return RoundOutput(r, ordered, close, sampled, train_seconds)
+
+    # -- evaluation ------------------------------------------------------------
+
+    def global_eval(self) -> tuple[float, float]:
+        """The global model on the pooled (clean) held-out data: (mean CE, accuracy)."""
+        loss, hits, count = evaluate_groups(
+            self.model, self.global_params, self.X_test, self.Y_test, torch.zeros(len(self.Y_test), dtype=torch.int64), 1
+        )
+        n = max(float(count[0]), 1.0)
+        acc = float(hits[0]) / n
+        return float(loss[0]) / n, min(max(acc, 0.0), 1.0)
+
+    def client_accuracies(self, r: int) -> dict[str, float]:
+        """The current global model on every client's held-out data as it is in round ``r``."""
+        fed = self.fed
+        xs, ys = [], []
+        for k in range(fed.num_clients):
+            data = (fed.x_train[k][:0], fed.y_train[k][:0], fed.x_test[k], fed.y_test[k])
+            active = self.plan.active(k, r, F.DATA_FAULTS)
+            if active:
+                data = F.apply_data_faults(*data, active, round=r, client=k, ctx=self.ctx)
+            xs.append(data[2])
+            ys.append(data[3])
+        sizes = [len(y) for y in ys]
+        group = torch.from_numpy(np.repeat(np.arange(fed.num_clients), sizes))
+        _, hits, count = evaluate_groups(
+            self.model,
+            self.global_params,
+            torch.from_numpy(np.concatenate(xs)),
+            torch.from_numpy(np.concatenate(ys)),
+            group,
+            fed.num_clients,
+        )
+        return {
+            self.scenario.client_id(k): float(hits[k] / count[k]) for k in range(fed.num_clients) if count[k] > 0
+        }
+
+
+def write_ground_truth(path: str | Path, scenario: Scenario, truth: list[dict]) -> Path:
+    """``{"run_id", "seed", "faults": [{client_id, fault, onset_round, end_round, severity, options}]}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "run_id": scenario.run_id,
+        "seed": scenario.seed,
+        "rounds": scenario.rounds,
+        "num_clients": scenario.num_clients,
+        "faults": truth,
+    }
+    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run_scenario(
+    scenario: Scenario,
+    sink: ReportSink,
+    *,
+    progress: bool = True,
+    truth_path: str | Path | None = None,
+    track_clients: bool = False,
+) -> SimulationResult:
+    """Simulate ``scenario`` and send every statistic to ``sink``.
+
+    Calls ``sink.register_run`` once, then per round ``sink.report`` (only the
+    clients that answered; skipped when none did) and ``sink.close_round``.
+    Writes the ground truth to ``truth_path`` when given. ``track_clients``
+    keeps every client's accuracy under the global model after every round
+    (``SimulationResult.client_accuracy_history``; costs one evaluation per round).
+    """
+    sim = Simulation(scenario)
+    sim.compute_baselines()
+    truth = sim.plan.ground_truth()
+    written = write_ground_truth(truth_path, scenario, truth) if truth_path is not None else None
+    sink.register_run(sim.run_spec())
+    history: list[float] = []
+    client_history: list[dict[str, float]] = []
+
+    def one(r: int) -> None:
+        out = sim.run_round(r)
+        if out.reports:
+            sink.report(scenario.run_id, r, out.reports)
+        sink.close_round(scenario.run_id, r, out.close)
+        history.append(out.close["global_eval_accuracy"])
+        if track_clients:
+            client_history.append(sim.client_accuracies(r))
+
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar:
+            task = bar.add_task(f"simulating {scenario.run_id}", total=scenario.rounds, acc="-")
+            for r in range(1, scenario.rounds + 1):
+                one(r)
+                bar.update(task, advance=1, acc=f"{history[-1]:.3f}")
+    else:
+        for r in range(1, scenario.rounds + 1):
+            one(r)
+
+    final_loss, final_acc = sim.global_eval()
+    client_acc = sim.client_accuracies(scenario.rounds)
+    local = None
+    if sim.local_accuracy is not None:
+        local = {
+            scenario.client_id(k): float(a) for k, a in enumerate(sim.local_accuracy) if np.isfinite(a)
+        }
+    return SimulationResult(
+        run_id=scenario.run_id,
+        rounds=scenario.rounds,
+        final_accuracy=final_acc,
+        final_loss=final_loss,
+        centralized_accuracy=sim.centralized.accuracy if sim.centralized else None,
+        client_accuracy=client_acc,
+        local_accuracy=local,
+        fairness=fairness_summary(np.array(list(client_acc.values()))),
+        ground_truth=truth,
+        truth_path=written,
+        epsilon=sim.ledger.epsilon() if sim.ledger else None,
+        global_accuracy_history=history,
+        client_accuracy_history=client_history,
+    )

@@ -1,0 +1,249 @@
+"""Local training of many clients: one batched computation, and the sequential reference.
+
+Both paths take the same :class:`Schedule` (which rows each client uses at each
+local step), so they run the same SGD and must end at the same parameters up to
+float rounding; ``tests/simulator/test_train.py`` holds them to that.
+
+Local objective of client k at step s (FedProx; FedAvg is ``mu = 0``)::
+
+    L_k(w) = (1 / |b|) sum_{i in b} CE(f(w; x_i), y_i) + (mu / 2) ||w - w_global||^2
+    w <- w - lr * grad L_k(w)
+
+Batched path: parameters are stacked ``{name: [K, ...]}`` and one step of all
+clients is ``vmap(grad(L))`` through ``torch.func.functional_call``. Clients have
+different numbers of steps: they are sorted by step count (descending), so the
+clients still training at step s are a prefix ``[:a_s]`` and only that prefix is
+computed and updated; the others are masked out and their parameters stop
+changing. A short last batch is padded and its padding masked by zero weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from simulator.models import Params, stack
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which rows each client uses at each local step.
+
+    ``idx[k, s, j]`` is a row of the round's data tensor; ``weight[k, s, j]`` is 1
+    for a real row and 0 for padding; ``steps[k]`` is client k's number of steps
+    (``epochs * ceil(n_k / batch_size)``).
+    """
+
+    idx: torch.Tensor  # [K, S, B] int64
+    weight: torch.Tensor  # [K, S, B] float32
+    steps: torch.Tensor  # [K] int64
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.idx.shape[0])
+
+
+@dataclass
+class LocalTraining:
+    """What local training produced, per client (rows in the order of the schedule)."""
+
+    params: Params  # {name: [K, ...]}
+    loss_sum: torch.Tensor  # [K] sum of per-example CE over every step (running, as clients log it)
+    correct: torch.Tensor  # [K] correct predictions over every step
+    seen: torch.Tensor  # [K] examples processed (epochs * n_k)
+
+    def train_loss(self) -> torch.Tensor:
+        return self.loss_sum / self.seen.clamp_min(1)
+
+    def train_accuracy(self) -> torch.Tensor:
+        return self.correct / self.seen.clamp_min(1)
+
+
+def make_schedule(sizes: np.ndarray, epochs: int, batch_size: int, keys: np.ndarray) -> Schedule:
+    """Shuffle every client's rows once per epoch and cut them into batches.
+
+    ``sizes[k]`` is client k's row count; its rows are ``offset_k .. offset_k + n_k - 1``
+    of the round's data (clients concatenated in order). ``keys[e]`` holds one random
+    sort key per row for epoch e: a client's rows are visited in key order. The
+    caller draws keys per client, so a client's schedule does not depend on who
+    else trains this round.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    k_clients = len(sizes)
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    total = int(sizes.sum())
+    if keys.shape != (epochs, total):
+        raise ValueError(f"keys must have shape ({epochs}, {total}), got {keys.shape}")
+    batches = -(-sizes // batch_size)
+    steps = epochs * batches
+    max_steps = int(steps.max()) if k_clients else 0
+    idx = np.zeros((k_clients, max_steps, batch_size), dtype=np.int64)
+    weight = np.zeros((k_clients, max_steps, batch_size), dtype=np.float32)
+    client_of = np.repeat(np.arange(k_clients), sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    pos = np.arange(total) - offsets[client_of]
+    for e in range(epochs):
+        order = np.lexsort((keys[e], client_of))  # by client, then key; client blocks stay in place
+        step = e * batches[client_of] + pos // batch_size
+        slot = pos % batch_size
+        idx[client_of, step, slot] = order
+        weight[client_of, step, slot] = 1.0
+    return Schedule(torch.from_numpy(idx), torch.from_numpy(weight), torch.from_numpy(steps))
+
+
+def _prox(params: Params, anchor: Params) -> torch.Tensor:
+    return sum(((params[n] - anchor[n]) ** 2).sum() for n in params)  # type: ignore[return-value]
+
+
+def train_batched(
+    model: nn.Module,
+    global_params: Params,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    schedule: Schedule,
+    *,
+    lr: float,
+    mu: float = 0.0,
+) -> LocalTraining:
+    """All clients of ``schedule`` at once with ``vmap(grad(L))`` over stacked parameters."""
+    k_clients = schedule.num_clients
+    steps = schedule.steps
+    order = torch.argsort(-steps, stable=True)
+    idx, weight, steps_sorted = schedule.idx[order], schedule.weight[order], steps[order]
+    params = stack(global_params, k_clients)
+    loss_sum = torch.zeros(k_clients)
+    correct = torch.zeros(k_clients)
+
+    def loss_fn(p: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+        logits = functional_call(model, p, (x,))
+        ce = F.cross_entropy(logits, y, reduction="none")
+        total = (ce * w).sum()
+        loss = total / w.sum().clamp_min(1.0)
+        if mu:
+            loss = loss + 0.5 * mu * _prox(p, global_params)
+        hits = ((logits.argmax(dim=1) == y).float() * w).sum()
+        return loss, (total.detach(), hits.detach())
+
+    step_all = vmap(grad(loss_fn, has_aux=True))
+    max_steps = int(steps_sorted[0]) if k_clients else 0
+    active = (steps_sorted[None, :] > torch.arange(max_steps)[:, None]).sum(dim=1).tolist()
+    with torch.no_grad():
+        for s in range(max_steps):
+            a = active[s]
+            rows = idx[:a, s]
+            view = {n: p[:a] for n, p in params.items()}
+            grads, (ls, hits) = step_all(view, X[rows], Y[rows], weight[:a, s])
+            for n, p in params.items():
+                p[:a].sub_(lr * grads[n])
+            loss_sum[:a] += ls
+            correct[:a] += hits
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(k_clients)
+    return LocalTraining(
+        params={n: p[inverse] for n, p in params.items()},
+        loss_sum=loss_sum[inverse],
+        correct=correct[inverse],
+        seen=weight.sum(dim=(1, 2))[inverse],
+    )
+
+
+def train_sequential(
+    model: nn.Module,
+    global_params: Params,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    schedule: Schedule,
+    *,
+    lr: float,
+    mu: float = 0.0,
+) -> LocalTraining:
+    """The reference: one client after another, plain autograd and ``torch.optim.SGD``."""
+    local = copy.deepcopy(model)
+    named = dict(local.named_parameters())
+    k_clients = schedule.num_clients
+    loss_sum = torch.zeros(k_clients)
+    correct = torch.zeros(k_clients)
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in named}
+    for k in range(k_clients):
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(global_params[n])
+        opt = torch.optim.SGD(local.parameters(), lr=lr)
+        for s in range(int(schedule.steps[k])):
+            rows = schedule.idx[k, s][schedule.weight[k, s] > 0]
+            logits = local(X[rows])
+            ce = F.cross_entropy(logits, Y[rows])
+            loss = ce + 0.5 * mu * _prox(named, global_params) if mu else ce
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                loss_sum[k] += ce.detach() * len(rows)
+                correct[k] += (logits.argmax(dim=1) == Y[rows]).sum()
+        for n, p in named.items():
+            out[n].append(p.detach().clone())
+    params = {n: torch.stack(v) if v else global_params[n].new_zeros((0, *global_params[n].shape)) for n, v in out.items()}
+    return LocalTraining(params, loss_sum, correct, schedule.weight.sum(dim=(1, 2)))
+
+
+def train(engine: str, *args, **kwargs) -> LocalTraining:
+    """Dispatch on ``engine`` ("batched" or "sequential")."""
+    if engine == "batched":
+        return train_batched(*args, **kwargs)
+    if engine == "sequential":
+        return train_sequential(*args, **kwargs)
+    raise ValueError(f"unknown engine {engine!r}; expected batched or sequential")
+
+
+@torch.no_grad()
+def evaluate_groups(
+    model: nn.Module,
+    params: Params,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    *,
+    chunk: int = 65536,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One model on many rows; per group (client) the summed CE, correct count and row count."""
+    loss = torch.zeros(num_groups)
+    hits = torch.zeros(num_groups)
+    count = torch.zeros(num_groups)
+    for start in range(0, len(Y), chunk):
+        x, y, g = X[start : start + chunk], Y[start : start + chunk], group[start : start + chunk]
+        logits = functional_call(model, params, (x,))
+        loss.index_add_(0, g, F.cross_entropy(logits, y, reduction="none"))
+        hits.index_add_(0, g, (logits.argmax(dim=1) == y).float())
+        count.index_add_(0, g, torch.ones_like(y, dtype=torch.float32))
+    return loss, hits, count
+
+
+@torch.no_grad()
+def evaluate_stacked(
+    model: nn.Module, params: Params, X: torch.Tensor, Y: torch.Tensor, rows: list[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Client k's own model (``params[:, k]``) on its own rows ``rows[k]``: per client (CE mean, accuracy)."""
+    k_clients = len(rows)
+    width = max([len(r) for r in rows] + [1])
+    idx = torch.zeros((k_clients, width), dtype=torch.int64)
+    w = torch.zeros((k_clients, width))
+    for k, r in enumerate(rows):
+        idx[k, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
+        w[k, : len(r)] = 1.0
+
+    def one(p: Params, x: torch.Tensor, y: torch.Tensor, wt: torch.Tensor):
+        logits = functional_call(model, p, (x,))
+        n = wt.sum().clamp_min(1.0)
+        ce = (F.cross_entropy(logits, y, reduction="none") * wt).sum() / n
+        acc = ((logits.argmax(dim=1) == y).float() * wt).sum() / n
+        return ce, acc
+
+    return vmap(one)(params, X[idx], Y[idx], w)
