@@ -182,7 +182,7 @@ class Scenario(_Strict):
     sample_fraction: float = Field(default=1.0, gt=0, le=1)
     local_epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=0.3, gt=0)
     seed: int = Field(default=0, ge=0)
     sketch_dim: int = Field(default=64, ge=1, le=4096)
     sketch_seed: int | None = None
@@ -284,7 +284,7 @@ def demo_scenario() -> Scenario:
         rounds=25,
         model="mlp",
         hidden=[64],
-        lr=0.1,
+        lr=0.3,
         local_epochs=1,
         batch_size=16,
         local_baselines=True,

@@ -536,6 +536,7 @@ def run_scenario(
             client_history.append(sim.client_accuracies(r))
 
     if progress:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(
@@ -544,7 +545,7 @@ def run_scenario(
             MofNCompleteColumn(),
             TextColumn("acc {task.fields[acc]}"),
             TimeElapsedColumn(),
-            transient=False,
+            console=Console(stderr=True),
         ) as bar:
             task = bar.add_task(f"simulating {scenario.run_id}", total=scenario.rounds, acc="-")
             for r in range(1, scenario.rounds + 1):
