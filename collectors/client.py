@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class MonitorClient:
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_max_seconds = backoff_max_seconds
         self.spooled = 0
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsentinel-encode")
 
     # -- the three calls -------------------------------------------------
 
@@ -78,17 +80,30 @@ class MonitorClient:
         self._submit(make_record("register_run", spec["run_id"], spec))
 
     def report(self, run_id: str, round: int, reports: list[dict[str, Any]]) -> None:
-        """Send a round's client reports, in batches of ``batch_size``."""
-        for start in range(0, len(reports), self.batch_size):
-            batch = reports[start : start + self.batch_size]
-            self._submit(make_record("report", run_id, {"reports": batch}, round))
+        """Send a round's client reports, in batches of ``batch_size``, in order.
+
+        The next batch is JSON-encoded in a helper thread while the current one
+        is in flight, so encoding and the service's work overlap.
+        """
+        records = [
+            make_record("report", run_id, {"reports": reports[start : start + self.batch_size]}, round)
+            for start in range(0, len(reports), self.batch_size)
+        ]
+        if not records:
+            return
+        pending = self._encoder.submit(encode_body, records[0]["body"])
+        for i, record in enumerate(records):
+            payload = pending.result()
+            if i + 1 < len(records):
+                pending = self._encoder.submit(encode_body, records[i + 1]["body"])
+            self._submit(record, payload)
 
     def close_round(self, run_id: str, round: int, summary: dict[str, Any]) -> None:
         self._submit(make_record("close_round", run_id, summary, round))
 
     # -- plumbing ----------------------------------------------------------
 
-    def send_record(self, record: dict[str, Any]) -> httpx.Response:
+    def send_record(self, record: dict[str, Any], payload: bytes | None = None) -> httpx.Response:
         """Send one record now (with retries); raise on failure."""
         op, run_id = record["op"], record["run_id"]
         if op == "register_run":
@@ -97,7 +112,7 @@ class MonitorClient:
             path = f"{API}/runs/{run_id}/rounds/{record['round']}/reports"
         else:
             path = f"{API}/runs/{run_id}/rounds/{record['round']}/close"
-        return self._post_with_retries(path, record["body"])
+        return self._post_with_retries(path, payload or encode_body(record["body"]))
 
     def flush(self) -> int:
         """Replay the spool in order; return how many records went out."""
@@ -110,21 +125,20 @@ class MonitorClient:
     def pending(self) -> int:
         return 0 if self.spool is None else len(self.spool)
 
-    def _submit(self, record: dict[str, Any]) -> None:
+    def _submit(self, record: dict[str, Any], payload: bytes | None = None) -> None:
         if self.spool is None:
-            self.send_record(record)
+            self.send_record(record, payload)
             return
         try:
             self.flush()
-            self.send_record(record)
+            self.send_record(record, payload)
         except ServiceUnavailable as exc:
             self.spool.append(record)
             self.spooled += 1
             log.warning("service unavailable (%s); spooled %s to %s", exc, record["op"], self.spool.path)
 
-    def _post_with_retries(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _post_with_retries(self, path: str, payload: bytes) -> httpx.Response:
         last_error = "no attempt"
-        payload = encode_body(body)
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
@@ -146,6 +160,7 @@ class MonitorClient:
         raise ServiceUnavailable(f"POST {path} failed after {self.max_retries + 1} attempts: {last_error}")
 
     def close(self) -> None:
+        self._encoder.shutdown(wait=True)
         self._http.close()
 
     def __enter__(self) -> MonitorClient:

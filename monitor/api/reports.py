@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
+from monitor.api.body import body_schema, json_body
 from monitor.api.deps import RoundNumber, RunId, WriteAccess, get_store
 from monitor.errors import InvalidInput
 from monitor.schemas import (
@@ -35,12 +36,13 @@ def _run_config(request: Request, store: Store, run_id: str):  # type: ignore[no
 @router.post(
     "/reports",
     response_model=IngestResult,
+    openapi_extra=body_schema(ReportBatch),
     responses={404: {"description": "Unknown run"}, 409: {"description": "Conflicting resend or closed round"}},
 )
 def ingest_reports(
     run_id: RunId,
     round: RoundNumber,
-    batch: ReportBatch,
+    batch: Annotated[ReportBatch, Depends(json_body(ReportBatch))],
     request: Request,
     store: Annotated[Store, Depends(get_store)],
 ) -> IngestResult:

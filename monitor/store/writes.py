@@ -127,7 +127,9 @@ def ingest_reports(
 ) -> tuple[int, int]:
     """Store a batch of reports for one round; return ``(accepted, duplicates)``.
 
-    All or nothing: a conflict anywhere in the batch stores none of it.
+    All or nothing: a conflict anywhere in the batch stores none of it. Identical
+    resends are recognised even after the round closed (a replayed spool must
+    not fail); a new or different report for a closed round is a conflict.
     """
     hashes: dict[str, str] = {}
     unique: list[tuple[ClientReport, str]] = []
@@ -147,12 +149,6 @@ def ingest_reports(
             )
 
     round_row = lock_round(session, run_id, round_number)
-    if round_row.status == "closed":
-        raise Conflict(
-            f"run {run_id} round {round_number} is closed; refused reports for client(s) "
-            f"{_names(list(hashes))}"
-        )
-
     stored: dict[str, str] = {}
     client_ids = list(hashes)
     for start in range(0, len(client_ids), _IN_CHUNK):
@@ -173,6 +169,11 @@ def ingest_reports(
             "reported different statistics for this round"
         )
     new = [(r, d) for r, d in unique if r.client_id not in stored]
+    if new and round_row.status == "closed":
+        raise Conflict(
+            f"run {run_id} round {round_number} is closed; refused reports for client(s) "
+            f"{_names([r.client_id for r, _ in new])}"
+        )
     duplicates += len(unique) - len(new)
     if new:
         session.execute(

@@ -85,8 +85,12 @@ def test_reports_for_a_closed_round_get_409(api) -> None:
     late = api.post(f"{API}/runs/run-1/rounds/2/reports", json={"reports": [report("c2")]})
     assert late.status_code == 409
     assert "run-1 round 2 is closed" in late.json()["detail"] and "c2" in late.json()["detail"]
-    # Even an identical resend of an already stored report is refused: the round is final.
-    assert api.post(f"{API}/runs/run-1/rounds/2/reports", json={"reports": [report("c1")]}).status_code == 409
+    # An identical resend of a stored report is still recognised (spool replays must not fail) ...
+    resend = api.post(f"{API}/runs/run-1/rounds/2/reports", json={"reports": [report("c1")]})
+    assert resend.status_code == 200 and resend.json()["duplicates"] == 1
+    # ... but a changed one is not.
+    assert api.post(f"{API}/runs/run-1/rounds/2/reports", json={"reports": [report("c1", seed=5)]}).status_code == 409
+    assert api.get(f"{API}/runs/run-1/rounds/2").json()["reports"] == 1
 
 
 def test_round_close_is_idempotent_and_conflicts_on_change(api) -> None:
@@ -122,7 +126,7 @@ def test_nonfinite_fault_evidence_is_stored_as_such(api) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("eval_accuracy", float("nan"), "finite"),
+        ("eval_accuracy", float("nan"), "finite number"),
         ("eval_accuracy", 1.5, "less than or equal to 1"),
         ("num_examples", -1, "greater than or equal to 0"),
         ("wall_time_seconds", float("inf"), "finite"),

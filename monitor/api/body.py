@@ -1,0 +1,42 @@
+"""Parse large JSON bodies straight from bytes with pydantic-core.
+
+FastAPI's default path is ``json.loads`` then validation of the Python objects;
+for a batch of thousands of reports, validating the raw bytes in pydantic-core
+(``model_validate_json``) is about twice as fast. Errors keep FastAPI's 422
+shape, and the schema still appears in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    async def parse(request: Request) -> M:
+        raw = await request.body()
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            for error in errors:
+                error["loc"] = ("body", *error["loc"])
+            raise RequestValidationError(errors) from None
+
+    return parse
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is parsed by :func:`json_body`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
