@@ -132,7 +132,10 @@ def make_synthetic(
         x ~ N(v_k, diag(j^-1.2)),  j = 1..60
         y = argmax softmax(x W_k + b_k)
 
-    The IID variant draws one ``W, b ~ N(0, 1)`` shared by all clients and sets
+    Since W_k and b_k share the mean u_k, u_k adds ``u_k (sum_j x_j + 1)`` to every
+    class logit alike: the argmax, hence the labels, depend on alpha only through
+    the random draws; client heterogeneity comes from the per-entry N(0, 1) draws
+    and from beta. The IID variant draws one ``W, b ~ N(0, 1)`` shared by all clients and sets
     ``v_k = 0``. ``max_examples`` optionally caps ``n_k`` (the log-normal tail
     reaches tens of thousands); ``None`` keeps the published recipe.
     """
