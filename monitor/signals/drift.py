@@ -131,8 +131,11 @@ def psi(ref: np.ndarray, cur: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     ----------
     ref, cur : array_like, shape (n, B) or (B,)
         Histograms; rows are normalised.
-    eps : float
-        Additive smoothing per bin, in proportion units.
+    eps : float or array_like broadcasting against the rows, e.g. shape (n, 1)
+        Additive smoothing per bin, in proportion units. For noised histograms
+        detectors pass ``max(1e-4, sd_noise / N)`` per row: one noise standard
+        deviation of pseudo-mass per bin, so a bin that noise clipped to zero
+        does not dominate through ``ln(q/p)``.
 
     Returns
     -------
