@@ -99,3 +99,37 @@ class FindingRow(SQLModel, table=True):
     details_json: str = "{}"
     opened_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DetectorStateRow(SQLModel, table=True):
+    """The signal engine's memory of a run between rounds (see monitor/detectors.py).
+
+    Kept in the store, not in a worker's memory, and locked while a round is
+    analysed, so that any number of workers produce the findings one would.
+    """
+
+    __tablename__ = "detector_state"
+
+    run_id: str = Field(primary_key=True, foreign_key="run.run_id", max_length=128)
+    last_round: int = -1
+    state: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RoundScoresRow(SQLModel, table=True):
+    """Per-client and federation scores of one analysed round.
+
+    Client scores are a float64 matrix (clients x score names), row-major, so a
+    10,000-client round is one row, not 150,000.
+    """
+
+    __tablename__ = "round_scores"
+
+    run_id: str = Field(primary_key=True, foreign_key="run.run_id", max_length=128)
+    round: int = Field(primary_key=True)
+    client_ids_json: str
+    score_names_json: str
+    client_scores: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    round_scores_json: str
+    computed_seconds: float
+    created_at: datetime = Field(default_factory=utcnow)
