@@ -11,12 +11,15 @@ the faulty data:
   largest spread) shift by ``severity * shift * sd_f`` (``shift`` default 1).
 * ``label_flip``: a share ``severity`` of training labels become ``C - 1 - y``.
 * ``noisy_labels``: a share ``severity`` of training labels become uniform random.
-* ``fairness_regression``: a cohort's features drift together, growing linearly:
-  ``x_f += min(1, (r - onset + 1) / ramp_rounds) * severity * shift * sd_f * s_f``
-  with one fixed random sign ``s_f`` per feature for the whole cohort (``shift``
-  default 2, ``ramp_rounds`` default 10). The cohort trains on its drifted data
-  too, but the majority dominates the average, so the global model serves the
-  cohort worse while the mean improves.
+* ``fairness_regression``: a minority cohort's population drifts slowly away from
+  the majority's. With ``p_r = min(1, (r - onset + 1) / ramp_rounds) * severity``
+  (``ramp_rounds`` default 10), a growing, fixed set of the cohort's rows (row i
+  once ``u_i < p_r``, ``u_i ~ U(0, 1)`` drawn once) follows the cohort's own
+  labelling (a fixed derangement of the classes shared by the cohort), in its
+  training and held-out data alike, and all its features drift by
+  ``p_r * shift * sd_f * s_f`` (``shift`` default 0.5, one random sign ``s_f``
+  per feature). The majority dominates the average, so the global model keeps
+  the majority's concept: the cohort is served worse while the mean improves.
 
 Update faults act on the trained update ``d`` (the delta to the global model):
 
@@ -80,6 +83,12 @@ class FaultContext:
     def default_shift_features(self) -> np.ndarray:
         d = len(self.feature_std)
         return np.sort(np.argsort(-self.feature_std, kind="stable")[: max(1, d // 4)])
+
+    def cohort_permutation(self, fault_index: int) -> np.ndarray:
+        """A fixed derangement of the classes (no class keeps its label)."""
+        rng = np.random.default_rng([self.seed, 7002, fault_index])
+        shift = int(rng.integers(1, max(2, self.num_classes)))
+        return (np.arange(self.num_classes) + shift) % self.num_classes
 
     def cohort_signs(self, fault_index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 7001, fault_index])
@@ -171,10 +180,16 @@ def apply_data_faults(
             y_train[rows] = rng.integers(0, ctx.num_classes, int(rows.sum()))
         elif f.kind == "fairness_regression":
             ramp = max(1, int(f.option("ramp_rounds", 10)))
-            progress = min(1.0, (round - f.spec.onset_round + 1) / ramp)
-            amount = progress * s * float(f.option("shift", 2.0)) * ctx.feature_std * ctx.cohort_signs(f.index)
-            x_train += amount.astype(np.float32)
-            x_test += amount.astype(np.float32)
+            progress = min(1.0, (round - f.spec.onset_round + 1) / ramp) * s
+            fixed = fault_rng(ctx.seed, 0, client, f.index)  # the same rows drift every round
+            perm = ctx.cohort_permutation(f.index)
+            amount = (progress * float(f.option("shift", 0.5)) * ctx.feature_std * ctx.cohort_signs(f.index)).astype(
+                np.float32
+            )
+            for x, y in ((x_train, y_train), (x_test, y_test)):
+                rows = fixed.random(len(y)) < progress
+                y[rows] = perm[y[rows]]
+                x += amount
     return x_train, y_train, x_test, y_test
 
 

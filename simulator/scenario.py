@@ -64,6 +64,7 @@ _FRACTION_SEVERITY = (
     "stale_update",
     "free_rider",
     "nonfinite_update",
+    "fairness_regression",
 )
 
 FaultKind = Literal[
