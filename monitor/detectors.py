@@ -756,10 +756,7 @@ def analyze_round(
             v_ref = st.ref_feature_noise_var[idx, f][rdy]
             n_cur = tot[rdy]
             scale = drift.hist_std(r, edges)
-            eps = np.maximum.reduce(
-                [np.full(n_cur.shape, 1e-4), np.sqrt(noise_v[rdy]) / n_cur, np.sqrt(v_ref) / n_ref]
-            )
-            psi_f[rdy] = drift.psi(r, cur, eps[:, None])
+            psi_f[rdy] = drift.psi(r, cur, drift.psi_smoothing(n_cur, n_ref, noise_v[rdy], v_ref))
             w_f[rdy] = drift.wasserstein_hist(r, cur, edges, scale)
             ks_f[rdy] = drift.ks_hist(r, cur)
             a = th.drift_null_alpha

@@ -113,7 +113,7 @@ def robust_z(x: np.ndarray, mask: np.ndarray | None = None, min_count: int = 5) 
     if scale > 0:
         out[fin] = d[fin] / scale
     else:
-        out[fin] = np.where(d[fin] == 0, 0.0, np.sign(d[fin]) * np.inf)
+        out[fin] = np.where(d[fin] == 0, 0.0, np.copysign(np.inf, d[fin]))
     return out
 
 

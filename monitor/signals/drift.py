@@ -37,6 +37,7 @@ __all__ = [
     "normalize_rows",
     "js_distance",
     "psi",
+    "psi_smoothing",
     "hist_cdf",
     "ks_hist",
     "bin_centres",
@@ -133,9 +134,9 @@ def psi(ref: np.ndarray, cur: np.ndarray, eps: float = 1e-4) -> np.ndarray:
         Histograms; rows are normalised.
     eps : float or array_like broadcasting against the rows, e.g. shape (n, 1)
         Additive smoothing per bin, in proportion units. For noised histograms
-        detectors pass ``max(1e-4, sd_noise / N)`` per row: one noise standard
-        deviation of pseudo-mass per bin, so a bin that noise clipped to zero
-        does not dominate through ``ln(q/p)``.
+        detectors pass :func:`psi_smoothing` per row (half a count or one noise
+        standard deviation of pseudo-mass per bin), so a nearly empty bin does
+        not dominate through ``ln(q/p)``.
 
     Returns
     -------
@@ -155,6 +156,30 @@ def psi(ref: np.ndarray, cur: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     p = (p + eps) / (1.0 + b * eps)
     q = (q + eps) / (1.0 + b * eps)
     return ((q - p) * np.log(q / p)).sum(axis=-1)
+
+
+def psi_smoothing(
+    n_cur: np.ndarray, n_ref: np.ndarray, v_cur: np.ndarray, v_ref: np.ndarray, floor: float = 1e-4
+) -> np.ndarray:
+    r"""Per-row smoothing for :func:`psi` on small or noised histograms, shape ``(n, 1)``.
+
+    .. math:: \epsilon = \max\left(10^{-4}, \frac{1/2}{\min(N, N_r)}, \frac{\sqrt v}{N}, \frac{\sqrt{V_r}}{N_r}\right)
+
+    Half a count of the smaller histogram (Jeffreys) or one noise standard
+    deviation, whichever is larger: a single example or a noise spike in an
+    empty bin then moves PSI by ``O(1/N)``, not by ``ln(N 10^4)/N``.
+    """
+    n_cur = np.asarray(n_cur, dtype=np.float64)
+    n_ref = np.asarray(n_ref, dtype=np.float64)
+    eps = np.maximum.reduce(
+        [
+            np.full(n_cur.shape, floor),
+            0.5 / np.minimum(n_cur, n_ref),
+            np.sqrt(np.asarray(v_cur, dtype=np.float64)) / n_cur,
+            np.sqrt(np.asarray(v_ref, dtype=np.float64)) / n_ref,
+        ]
+    )
+    return eps[:, None]
 
 
 def hist_cdf(p: np.ndarray) -> np.ndarray:

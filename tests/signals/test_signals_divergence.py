@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from scipy.spatial.distance import cosine
+
+from monitor.signals import divergence as dv
+
+
+def test_cosine_matches_scipy():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(100, 16))
+    t = rng.normal(size=16)
+    got = dv.cosine_to(s, t)
+    np.testing.assert_allclose(got, [1 - cosine(r, t) for r in s], atol=1e-12)
+    s[0] = 0.0
+    s[1, 3] = np.nan
+    got = dv.cosine_to(s, t)
+    assert np.isnan(got[0]) and np.isnan(got[1])
+    assert np.isnan(dv.cosine_to(s, np.zeros(16))).all()
+
+
+def test_robust_z_matches_definition():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=51)
+    med = np.median(x)
+    mad = np.median(np.abs(x - med))
+    np.testing.assert_allclose(dv.robust_z(x), (x - med) / (1.482602218505602 * mad))
+    mask = np.ones(51, dtype=bool)
+    mask[0] = False
+    z = dv.robust_z(x, mask)
+    assert np.isfinite(z[0])  # scored, though not part of the median
+
+
+def test_robust_z_mad_zero_and_small_rounds():
+    x = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0])
+    z = dv.robust_z(x)
+    scale = 1.2533141373155001 * np.mean(np.abs(x - 1.0))
+    np.testing.assert_allclose(z, (x - 1.0) / scale)
+    assert dv.robust_z(np.ones(6))[0] == 0.0
+    assert np.isnan(dv.robust_z(np.arange(4.0))).all()
+
+
+def test_norm_ratio_and_free_riders():
+    norms = np.array([1.0, 2.0, 3.0, 0.0, np.nan, 0.001])
+    r = dv.norm_ratio_to_median(norms)
+    np.testing.assert_allclose(r[:3], [1.0, 2.0, 3.0])  # median of the five finite norms is 1
+    assert np.isnan(r[4])
+    np.testing.assert_array_equal(dv.free_riders(r, norms, 0.01), [0, 0, 0, 1, 0, 1])
+
+
+def test_stale_updates():
+    cos_prev = np.array([1.0, 0.99, 1.0, np.nan, np.nan])
+    norm = np.array([2.0, 2.0, 2.5, 3.0, 3.0])
+    prev = np.array([2.0, 2.0, 2.0, 3.0, 3.1])
+    np.testing.assert_array_equal(dv.stale_updates(cos_prev, norm, prev), [1, 0, 0, 1, 0])
+
+
+def test_nonfinite_rows_and_streaks():
+    x = np.array([[1.0, 2.0], [np.nan, np.nan], [np.nan, 1.0], [np.inf, 0.0]])
+    np.testing.assert_array_equal(dv.nonfinite_rows(x), [0, 0, 1, 1])
+    s = dv.update_streak(np.array([2, 2, 2]), np.array([1, 0, 0], bool), np.array([1, 1, 0], bool))
+    assert s.tolist() == [3, 0, 2]
+
+
+@pytest.mark.parametrize("n", [10, 1000])
+def test_rowwise_cosine_matches_loop(n):
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
+    np.testing.assert_allclose(dv.rowwise_cosine(a, b), [1 - cosine(x, y) for x, y in zip(a, b, strict=True)], atol=1e-12)

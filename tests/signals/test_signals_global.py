@@ -1,0 +1,62 @@
+"""Participation, global health and privacy."""
+
+import math
+
+import numpy as np
+import pytest
+
+from monitor.signals import health, participation, privacy
+
+
+def test_status_counts_and_ratio():
+    s = np.array(["ok", "ok", "failed", "timeout", "dropped", "ok"], dtype=object)
+    assert participation.status_counts(s) == {"ok": 3, "failed": 1, "dropped": 1, "timeout": 1}
+    assert participation.participation_ratio(3, 4) == 0.75
+    assert math.isnan(participation.participation_ratio(3, 0))
+
+
+def test_dropout_streaks_and_stragglers():
+    s = participation.dropout_streaks(np.array([0, 2, 5, 1]), np.array([1, 1, 0, 0], bool), np.array([0, 0, 1, 0], bool))
+    assert s.tolist() == [1, 3, 0, 1]
+    t = np.full(20, 10.0) * np.exp(np.linspace(-0.1, 0.1, 20))
+    t[3] = 100.0
+    z = participation.straggler_z(t)
+    assert np.argmax(z) == 3 and z[3] > 10
+
+
+def test_stagnation_and_jumps():
+    assert math.isnan(health.stagnation(np.ones(5), window=10))
+    falling = 1.0 / np.arange(1, 30)
+    assert health.stagnation(falling, 10) > 0.2
+    assert health.stagnation(np.r_[falling, np.full(10, falling[-1])], 10) == pytest.approx(0.0)
+    assert health.loss_jump_ratio(2.0, np.array([1.0, 1.0, 1.0])) == 2.0
+    assert health.loss_jump_ratio(float("nan"), np.ones(3)) != health.loss_jump_ratio(float("nan"), np.ones(3))
+    assert health.loss_jump_ratio(float("inf"), np.ones(3)) == math.inf
+
+
+def test_nonfinite_aggregate_and_gap():
+    assert not health.nonfinite_aggregate(None, None, None)
+    assert health.nonfinite_aggregate(float("nan"), 1.0, None)
+    assert health.nonfinite_aggregate(1.0, 1.0, np.array([0.0, np.inf]))
+    assert health.centralized_gap(0.9, 0.8) == pytest.approx(0.1)
+    assert math.isnan(health.centralized_gap(None, 0.8))
+
+
+@pytest.mark.parametrize(
+    "q,sigma,steps,eps",
+    [(0.1, 1.0, 10, 3.441), (0.1, 1.0, 100, 7.899), (0.01, 1.0, 1000, 2.101)],
+)
+def test_epsilon_matches_opacus_reference_values(q, sigma, steps, eps):
+    assert privacy.dp_fedavg_epsilon(sigma, q, steps, 1e-5) == pytest.approx(eps, abs=1e-3)
+
+
+def test_epsilon_equals_stepwise_accountant():
+    from opacus.accountants import RDPAccountant
+
+    acct = RDPAccountant()
+    for _ in range(37):
+        acct.step(noise_multiplier=1.3, sample_rate=0.05)
+    assert privacy.dp_fedavg_epsilon(1.3, 0.05, 37, 1e-6) == pytest.approx(acct.get_epsilon(1e-6), rel=1e-12)
+    assert privacy.dp_fedavg_epsilon(1.0, 0.1, 0, 1e-5) == 0.0
+    assert privacy.dp_fedavg_epsilon(0.0, 0.1, 3, 1e-5) == math.inf
+    assert privacy.budget_share(4.0, 8.0) == 0.5 and math.isnan(privacy.budget_share(4.0, None))
