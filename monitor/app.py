@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from monitor import __version__
 from monitor.api import queries, reports, runs
 from monitor.api.limits import BodySizeLimit
+from monitor.engine import Engine
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.settings import Settings
 from monitor.store import Store
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
         app.state.store.create_schema()
+        engine = Engine(app.state.store, observe_seconds=app.state.telemetry.signal_seconds.observe)
+        app.state.engine = engine
+        app.state.on_round_closed = engine.on_round_closed
         if settings.auth_enabled:
             log.info("API keys configured: %d key(s); requests need a key", len(settings.api_keys))
         else:

@@ -10,6 +10,8 @@ from monitor.api.deps import RunId
 from sqlmodel import Session
 
 from monitor.api.deps import Paging, ReadAccess, WriteAccess, get_store, read_session
+from monitor.detectors import Thresholds
+from monitor.errors import InvalidInput
 from monitor.schemas import Page, RunCreate, RunDetail, RunRegistered, RunSummary
 from monitor.store import Store
 from monitor.store import queries, writes
@@ -28,6 +30,10 @@ def register_run(
     spec: RunCreate, response: Response, store: Annotated[Store, Depends(get_store)]
 ) -> RunRegistered:
     """Register a run. Sending the identical registration again is a no-op (200)."""
+    try:
+        Thresholds().with_overrides(spec.thresholds)
+    except ValueError as exc:
+        raise InvalidInput(f"thresholds: {exc}") from exc
     with store.write_session() as session:
         created = writes.register_run(session, spec)
     if not created:

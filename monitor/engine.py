@@ -1,0 +1,218 @@
+"""The signal engine: when a round closes, analyse it and keep findings current.
+
+load (round's reports as arrays, detector state) -> :func:`monitor.detectors.analyze_round`
+-> save (per-round scores, new state) -> :func:`monitor.findings.reconcile` -> findings.
+
+Detector state lives in the store and is locked for the duration of one
+round's analysis, so several uvicorn workers over one PostgreSQL produce the
+same findings as one: rounds are analysed one at a time, in round order, by
+whichever worker gets the lock. A round that closes after a later round was
+already analysed is marked analysed without signals (and logged): detector
+state only moves forward.
+
+Analysis runs after the round close is committed; if it fails, the close
+stands and the round is picked up again on the next close.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from monitor.detectors import DetectorState, RoundAnalysis, Thresholds, analyze_round
+from monitor.findings import FindingRecord, reconcile
+from monitor.store import Store
+from monitor.store.round_input import load_round_input
+from monitor.store.scores import RoundScores, save_round_scores
+from monitor.store.tables import DetectorStateRow, FindingRow, RoundRow, utcnow
+from monitor.store.writes import _dialect_insert, load_run_config
+
+log = logging.getLogger("fedsentinel.engine")
+
+FindingsCallback = Callable[[str, Sequence[FindingRecord]], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        thresholds: Thresholds | None = None,
+        resolve_after: int = 3,
+        on_findings_opened: FindingsCallback | None = None,
+        observe_seconds: Callable[[float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.thresholds = thresholds or Thresholds()
+        self.resolve_after = resolve_after
+        self.on_findings_opened = on_findings_opened
+        self.observe_seconds = observe_seconds
+
+    def on_round_closed(self, run_id: str, round_number: int) -> None:
+        """Hook for the close endpoint: never raises (the close is already committed)."""
+        try:
+            self.analyze_pending(run_id)
+        except Exception:  # noqa: BLE001
+            log.exception("analysis of run %s failed after round %d closed; will retry", run_id, round_number)
+
+    def analyze_pending(self, run_id: str) -> list[int]:
+        """Analyse every closed, not yet analysed round of a run, oldest first."""
+        done: list[int] = []
+        while True:
+            opened: list[FindingRecord] = []
+            with self.store.write_session() as session:
+                analysed = self._analyze_next(session, run_id, opened)
+            if analysed is None:
+                return done
+            done.append(analysed)
+            if opened and self.on_findings_opened is not None:
+                self.on_findings_opened(run_id, opened)
+
+    # -- one round, inside one transaction ---------------------------------
+
+    def _lock_state(self, session: Session, run_id: str) -> DetectorStateRow:
+        session.execute(
+            _dialect_insert(session)(DetectorStateRow)
+            .values(run_id=run_id, last_round=-1, updated_at=utcnow())
+            .on_conflict_do_nothing()
+        )
+        return session.execute(
+            select(DetectorStateRow)
+            .where(DetectorStateRow.run_id == run_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+
+    def _analyze_next(self, session: Session, run_id: str, opened: list[FindingRecord]) -> int | None:
+        state_row = self._lock_state(session, run_id)
+        late = session.execute(
+            update(RoundRow)
+            .where(RoundRow.run_id == run_id, RoundRow.status == "closed", RoundRow.analyzed.is_(False),
+                   RoundRow.round <= state_row.last_round)
+            .values(analyzed=True)
+            .returning(RoundRow.round)
+        ).scalars().all()
+        for r in late:
+            log.warning("run %s round %d closed after round %d was analysed; no signals for it",
+                        run_id, r, state_row.last_round)
+        round_row = session.execute(
+            select(RoundRow)
+            .where(RoundRow.run_id == run_id, RoundRow.status == "closed", RoundRow.analyzed.is_(False))
+            .order_by(RoundRow.round)
+            .limit(1)
+        ).scalar_one_or_none()
+        if round_row is None:
+            return None
+        started = time.perf_counter()
+        config = load_run_config(session, run_id)
+        data = load_round_input(session, config, round_row)
+        state = DetectorState.from_bytes(state_row.state) if state_row.state else DetectorState()
+        analysis = analyze_round(config, self.thresholds, state, data)
+        elapsed = time.perf_counter() - started
+        save_round_scores(
+            session,
+            RoundScores(
+                run_id=run_id,
+                round=round_row.round,
+                client_ids=analysis.client_ids,
+                client_scores=analysis.client_scores,
+                round_scores=analysis.round_scores,
+                computed_seconds=elapsed,
+            ),
+        )
+        opened.extend(self._apply_findings(session, run_id, analysis, data.client_ids))
+        state_row.state = analysis.state.to_bytes()
+        state_row.last_round = round_row.round
+        state_row.updated_at = utcnow()
+        round_row.analyzed = True
+        session.add_all([state_row, round_row])
+        if self.observe_seconds is not None:
+            self.observe_seconds(time.perf_counter() - started)
+        return round_row.round
+
+    def _apply_findings(
+        self, session: Session, run_id: str, analysis: RoundAnalysis, observed: Sequence[str]
+    ) -> list[FindingRecord]:
+        rows = {
+            row.id: row
+            for row in session.execute(
+                select(FindingRow).where(FindingRow.run_id == run_id, FindingRow.status == "open")
+            ).scalars()
+        }
+        records = [_record(row) for row in rows.values()]
+        changes = reconcile(records, analysis.active, analysis.round, self.resolve_after, observed)
+        now = utcnow()
+        for record in changes.updated + changes.resolved:
+            row = rows[record.id]
+            row.severity = record.severity
+            row.status = record.status
+            row.last_round = record.last_round
+            row.resolved_round = record.resolved_round
+            row.score = _finite_or_none(record.score)
+            row.threshold = _finite_or_none(record.threshold)
+            row.message = record.message
+            row.details_json = _details_json(record)
+            row.updated_at = now
+            session.add(row)
+        for record in changes.opened:
+            session.add(
+                FindingRow(
+                    run_id=run_id,
+                    kind=record.kind,
+                    severity=record.severity,
+                    client_id=record.client_id,
+                    first_round=record.first_round,
+                    last_round=record.last_round,
+                    score=_finite_or_none(record.score),
+                    threshold=_finite_or_none(record.threshold),
+                    message=record.message,
+                    details_json=_details_json(record),
+                    opened_at=now,
+                    updated_at=now,
+                )
+            )
+        return changes.opened
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _json_clean(value: object) -> object:
+    """Details as strict JSON: non-finite floats become None, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _details_json(record: FindingRecord) -> str:
+    return json.dumps(_json_clean(record.details_for_store()), allow_nan=False, default=str)
+
+
+def _record(row: FindingRow) -> FindingRecord:
+    return FindingRecord.from_row_fields(
+        id=row.id,
+        kind=row.kind,
+        severity=row.severity,
+        client_id=row.client_id,
+        first_round=row.first_round,
+        last_round=row.last_round,
+        score=row.score,
+        threshold=row.threshold,
+        message=row.message,
+        details=json.loads(row.details_json or "{}"),
+        status=row.status,
+        resolved_round=row.resolved_round,
+    )
