@@ -141,7 +141,7 @@ class Thresholds:
     critical_factor: float = 2.0
     # calibration (0 rounds = off)
     calibration_rounds: int = 0
-    calibration_false_alarm_rate: float = 0.01
+    calibration_false_alarm_rate: float = 0.001
     calibration_min_fraction: float = 0.5
 
     @classmethod
