@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,22 +35,36 @@ def _postgres_unavailable() -> str | None:
         return f"PostgreSQL at {PG_ADMIN_URL} is not answering ({exc.__class__.__name__}: {exc})"
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL server, dropped at the end of the session."""
+def require_postgres() -> None:
+    """Skip (locally) or fail (in CI) when the PostgreSQL server is not answering."""
     reason = _postgres_unavailable()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must run the PostgreSQL tests (.ci/run starts the server)")
         pytest.skip(reason)
+
+
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new database on the local PostgreSQL server, dropped afterwards; yields its URL."""
+    require_postgres()
     import psycopg
 
     name = f"fedsentinel_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_HOST_URL}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{PG_HOST_URL}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for the whole session (tables are dropped between tests)."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
