@@ -15,10 +15,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
 
 from monitor import __version__
-from monitor.api import queries, reports, runs
+from monitor.api import alerts, queries, reports, runs
 from monitor.api.limits import BodySizeLimit
 from monitor.engine import Engine
 from monitor.errors import Conflict, InvalidInput, NotFound
+from monitor.exporter import metrics_registry
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.telemetry import RequestTimer, Telemetry
@@ -114,11 +115,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.settings = settings
     app.state.run_configs = {}
     app.state.telemetry = Telemetry()
+    app.state.metrics_registry = metrics_registry(
+        app.state.telemetry.registry, lambda: app.state.store, settings
+    )
     app.state.on_round_closed = lambda run_id, round_number: None
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, telemetry=app.state.telemetry)
     _error_handlers(app)
-    for router in (runs.router, reports.router, queries.router):
+    for router in (runs.router, reports.router, queries.router, alerts.router):
         app.include_router(router, prefix=API_PREFIX)
 
     @app.get("/healthz", tags=["service"])
@@ -141,7 +145,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @app.get("/metrics", tags=["service"], include_in_schema=False)
     def metrics(request: Request) -> PlainTextResponse:
         return PlainTextResponse(
-            generate_latest(request.app.state.telemetry.registry), media_type=CONTENT_TYPE_LATEST
+            generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
         )
 
     return app

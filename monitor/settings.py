@@ -49,6 +49,15 @@ class Settings(BaseSettings):
 
     # Prometheus export (see monitor/exporter.py).
     exporter_top_k_clients: int = Field(default=50, ge=0)
+    exporter_max_clients: int = Field(
+        default=500, ge=0, description="Hard ceiling on per-client series per run, flagged clients included."
+    )
+    exporter_run_ttl_seconds: float = Field(
+        default=7 * 86400, ge=0, description="Runs idle for longer are not exported; 0 = export every run."
+    )
+    alert_webhook_token: str | None = Field(
+        default=None, description="Bearer token Alertmanager may use for the alert webhook instead of a write key."
+    )
 
     # Direct notifier for setups without Alertmanager.
     notify_webhook_url: str | None = None

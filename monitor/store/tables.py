@@ -133,3 +133,35 @@ class RoundScoresRow(SQLModel, table=True):
     round_scores_json: str
     computed_seconds: float
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AlertNotificationRow(SQLModel, table=True):
+    """One alert of one Alertmanager webhook notification (monitor/api/alerts.py).
+
+    A notification repeats an alert while it fires and once more when it
+    resolves; each is kept, so the table is the alert's delivery history.
+    ``run_id``/``client_id``/``alertname`` are copied out of the labels for
+    filtering; the labels and annotations are kept whole as JSON.
+    """
+
+    __tablename__ = "alert_notification"
+    __table_args__ = (
+        Index("ix_alert_run_name", "run_id", "alertname"),
+        Index("ix_alert_fingerprint", "fingerprint"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow)
+    receiver: str = Field(max_length=256)
+    group_key: str | None = Field(default=None, max_length=1024)
+    status: str = Field(max_length=16)
+    alertname: str | None = Field(default=None, max_length=256)
+    severity: str | None = Field(default=None, max_length=32)
+    run_id: str | None = Field(default=None, max_length=128)
+    client_id: str | None = Field(default=None, max_length=128)
+    fingerprint: str | None = Field(default=None, max_length=64)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    generator_url: str | None = Field(default=None, max_length=2048)
+    labels_json: str = "{}"
+    annotations_json: str = "{}"

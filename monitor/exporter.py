@@ -1,0 +1,515 @@
+"""The Prometheus collector: domain metrics (``fl_*``) read from the store at scrape time.
+
+Nothing is kept in a worker's memory except a cache of decoded score matrices
+(keyed by run, round and creation time), so every uvicorn worker, and every
+worker over one PostgreSQL, answers a scrape with the same numbers: no
+multiprocess-mode files are needed.
+
+Per-client series are capped (``Settings.exporter_top_k_clients``): a run
+exports the clients with an open finding (at most ``exporter_max_clients``,
+critical first) plus the ``k`` clients with the highest anomaly score of the
+latest analysed round. For stability between rounds a client that was in the
+previous round's top ``k`` keeps its place while it stays within the current
+top ``2k``. ``fl_run_clients_exported`` and ``fl_run_clients_cut`` say how
+many clients were exported and left out. Federation quantiles of the key
+client scores are always exported, whatever the cap.
+
+Streak gauges (``fl_client_*_streak_rounds``, ``fl_run_signal_streak_rounds``)
+count consecutive *rounds* over threshold, so alert rules need no ``for:``
+guess of how long a round lasts.
+
+:func:`metrics_registry` builds the registry ``/metrics`` serves: the
+service's own per-process telemetry plus this collector.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from monitor.settings import Settings
+from monitor.store import Store
+from monitor.store.scores import RoundScores, round_scores
+from monitor.store.tables import ClientReportRow, FindingRow, RoundRow, RoundScoresRow, RunRow
+
+__all__ = ["DomainCollector", "metrics_registry", "CLIENT_SCORE_METRICS", "STREAK_METRICS"]
+
+log = logging.getLogger("fedsentinel.exporter")
+
+FINDING_KINDS = (
+    "data_drift", "label_drift", "feature_drift", "performance_drift", "update_divergence",
+    "stale_update", "free_rider", "nonfinite_update", "fairness_regression", "participation_drop",
+    "dropout", "straggler", "global_stagnation", "global_divergence", "nonfinite_aggregate",
+    "centralized_gap", "privacy_budget",
+)  # fmt: skip
+"""Finding kinds exported with a zero when none is open (monitor.detectors.KINDS)."""
+SEVERITIES = ("info", "warning", "critical")
+RUN_SIGNAL_KINDS = (
+    "fairness_regression", "participation_drop", "global_stagnation", "global_divergence",
+    "nonfinite_aggregate", "centralized_gap", "privacy_budget",
+)  # fmt: skip
+"""Federation-level finding kinds with a streak gauge (``fl_run_signal_streak_rounds``)."""
+
+CLIENT_SCORE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("fl_client_anomaly_score", "anomaly_score",
+     "Client's combined anomaly score (max of its signals over their thresholds; 1 = at threshold; +Inf = non-finite update)."),
+    ("fl_client_label_drift_distance", "label_drift_js_reference",
+     "Jensen-Shannon distance (base 2) of the client's label histogram to its own reference rounds."),
+    ("fl_client_label_drift_federation_distance", "label_drift_js_federation",
+     "Jensen-Shannon distance (base 2) of the client's label histogram to the federation's."),
+    ("fl_client_label_drift_threshold_ratio", "label_drift_ratio",
+     "Client's label drift over its threshold (>= 1 is drift)."),
+    ("fl_client_feature_drift_psi", "feature_drift_psi_max",
+     "Largest population stability index over the client's features, against its reference rounds."),
+    ("fl_client_feature_drift_wasserstein", "feature_drift_wasserstein_max",
+     "Largest Wasserstein-1 distance over the client's features, in reference standard deviations."),
+    ("fl_client_feature_drift_threshold_ratio", "feature_drift_ratio",
+     "Client's feature drift over its threshold (>= 1 is drift)."),
+    ("fl_client_eval_loss_changepoint", "eval_loss_changepoint",
+     "Page-Hinkley statistic on the client's relative log evaluation loss of the global model."),
+    ("fl_client_update_cosine", "update_cosine",
+     "Cosine between the client's update sketch and the aggregate update sketch."),
+    ("fl_client_update_norm_ratio", "update_norm_ratio",
+     "Client's update L2 norm over the round's median client update norm."),
+    ("fl_client_update_norm_robust_z", "update_norm_robust_z",
+     "Robust z-score (median/MAD) of the client's update norm within the round."),
+    ("fl_client_update_cosine_robust_z", "update_cosine_robust_z",
+     "Robust z-score (median/MAD) of the client's update cosine within the round (low = divergent)."),
+    ("fl_client_wall_time_robust_z", "wall_time_robust_z",
+     "Robust z-score of the client's wall time within the round (high = straggler)."),
+    ("fl_client_federation_benefit_ratio", "federation_benefit",
+     "Client's accuracy under the global model minus its local-only baseline accuracy."),
+)  # fmt: skip
+"""(metric name, score name in RoundScores.client_scores, HELP)."""
+
+STREAK_METRICS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"fl_client_{name}_streak_rounds", f"{name}_streak_rounds",
+     f"Consecutive analysed rounds in which the client's {what} was over threshold (0 = not now).")
+    for name, what in (
+        ("label_drift", "label distribution drift"),
+        ("feature_drift", "feature distribution drift"),
+        ("drift", "label or feature drift"),
+        ("performance_drift", "evaluation-loss change point"),
+        ("update_anomaly", "update divergence (norm or direction)"),
+        ("stale_update", "stale (repeated) update"),
+        ("free_rider", "near-zero (free-riding) update"),
+        ("nonfinite_update", "non-finite (NaN/Inf) update or loss"),
+        ("straggler", "wall time (straggling)"),
+        ("dropout", "failure or absence (dropout)"),
+    )
+)  # fmt: skip
+
+QUANTILE_SCORES: tuple[tuple[str, str, str], ...] = (
+    ("fl_run_client_anomaly_score_quantile", "anomaly_score", "client anomaly score"),
+    ("fl_run_client_label_drift_distance_quantile", "label_drift_js_reference", "client label drift JS distance"),
+    ("fl_run_client_feature_drift_psi_quantile", "feature_drift_psi_max", "client max feature PSI"),
+    ("fl_run_client_update_norm_ratio_quantile", "update_norm_ratio", "client update norm ratio"),
+    ("fl_run_client_update_cosine_quantile", "update_cosine", "client update cosine"),
+)  # fmt: skip
+QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+FLAGGED_COUNTS = (
+    "label_drift", "feature_drift", "performance_drift", "update_divergence", "stale_update",
+    "free_rider", "nonfinite_update",
+)  # fmt: skip
+
+RUN_SCORE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("fl_run_global_eval_loss", "global_eval_loss", "Global model's evaluation loss at the latest analysed round."),
+    ("fl_run_global_eval_accuracy_ratio", "global_eval_accuracy", "Global model's evaluation accuracy at the latest analysed round."),
+    ("fl_run_global_loss_jump_ratio", "global_loss_jump_ratio", "Global evaluation loss over its recent best (> 1 = worse)."),
+    ("fl_run_global_stagnation_improvement_ratio", "global_stagnation_improvement", "Relative improvement of the global loss over the stagnation window."),
+    ("fl_run_centralized_gap_ratio", "centralized_gap", "Centralized-baseline accuracy minus global accuracy."),
+    ("fl_run_participation_ratio", "participation_ratio", "Clients that reported ok over clients expected in the latest round."),
+    ("fl_run_round_reports", "reports", "Client reports in the latest analysed round."),
+    ("fl_run_round_expected_clients", "expected_clients", "Clients expected (sampled) in the latest analysed round."),
+    ("fl_run_clients_known", "clients_known", "Distinct clients seen by the run so far."),
+    ("fl_run_stragglers", "stragglers", "Straggling clients in the latest analysed round."),
+    ("fl_run_dropouts", "dropouts", "Clients counted as dropped out in the latest analysed round."),
+    ("fl_run_client_accuracy_mean_ratio", "accuracy_mean", "Mean of the clients' evaluation accuracy."),
+    ("fl_run_client_accuracy_std_ratio", "accuracy_std", "Standard deviation of the clients' evaluation accuracy."),
+    ("fl_run_client_accuracy_min_ratio", "accuracy_min", "Worst client's evaluation accuracy."),
+    ("fl_run_client_accuracy_max_ratio", "accuracy_max", "Best client's evaluation accuracy."),
+    ("fl_run_client_accuracy_worst_decile_mean_ratio", "accuracy_worst10_mean", "Mean evaluation accuracy of the worst 10% of clients."),
+    ("fl_run_client_accuracy_gap_ratio", "accuracy_gap", "Best minus worst client evaluation accuracy."),
+    ("fl_run_client_accuracy_gini_ratio", "accuracy_gini", "Gini coefficient of the clients' evaluation accuracy (0 = equal)."),
+    ("fl_run_client_accuracy_jain_index", "accuracy_jain", "Jain's fairness index of the clients' evaluation accuracy (1 = equal)."),
+    ("fl_run_client_accuracy_below_floor_ratio", "accuracy_share_below_floor", "Share of clients whose evaluation accuracy is below the fairness floor."),
+    ("fl_run_fairness_mean_change_ratio", "fairness_mean_change", "Change of the mean client accuracy over the fairness window."),
+    ("fl_run_fairness_worst_decile_change_ratio", "fairness_worst10_change", "Change of the worst-decile mean client accuracy over the fairness window."),
+    ("fl_run_federation_benefit_mean_ratio", "federation_benefit_mean", "Mean per-client accuracy gain of federation over local-only baselines."),
+    ("fl_run_privacy_epsilon", "epsilon_spent", "Differential-privacy epsilon spent so far."),
+    ("fl_run_privacy_budget_spent_ratio", "privacy_budget_share", "Epsilon spent over the run's target epsilon."),
+    ("fl_run_nonfinite_aggregate", "nonfinite_aggregate", "1 if the latest aggregate (loss, norm or sketch) was non-finite."),
+    ("fl_run_calibrating", "calibrating", "1 while the run's thresholds are being calibrated."),
+)  # fmt: skip
+
+
+def _ts(value: datetime | str | None) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, str):  # SQLite aggregates may come back as text
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, highest first; NaN ranks last; ties by index."""
+    if k <= 0 or scores.size == 0:
+        return np.empty(0, dtype=np.int64)
+    key = np.where(np.isnan(scores), -np.inf, scores)
+    if k < key.size:
+        part = np.argpartition(-key, k - 1)[:k]
+    else:
+        part = np.arange(key.size)
+    order = np.lexsort((part, -key[part]))
+    return part[order]
+
+
+@dataclass(frozen=True)
+class _RunState:
+    run_id: str
+    expected_clients: int
+    last_closed_round: int | None
+    open_rounds: int
+    rounds_closed: int
+    reports: int
+    last_opened: float
+    last_closed: float
+    first_opened: float
+
+
+class DomainCollector(Collector):
+    """Yields the ``fl_*`` families and the store-derived ``fedsentinel_*`` ones at each scrape."""
+
+    def __init__(self, store: Callable[[], Store], settings: Settings, cache_size: int = 64) -> None:
+        self._store = store
+        self.settings = settings
+        self._cache: OrderedDict[tuple[str, int, float], RoundScores] = OrderedDict()
+        self._cache_size = cache_size
+        self.errors = 0
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # computed at scrape time; nothing to check at registration
+
+    # -- scrape --------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        families: list[Metric] = []
+        up = 1.0
+        try:
+            store = self._store()
+            with store.read_session() as session:
+                families = self._collect(session)
+        except SQLAlchemyError as exc:
+            self.errors += 1
+            up = 0.0
+            families = []
+            log.error("scrape could not read the store: %s", str(exc)[:300])
+        series = sum(len(f.samples) for f in families)
+        yield from families
+        g = GaugeMetricFamily("fedsentinel_store_up", "1 if the last scrape could read the store.")
+        g.add_metric([], up)
+        yield g
+        c = CounterMetricFamily(
+            "fedsentinel_exporter_errors", "Scrapes of this worker that failed to read the store."
+        )
+        c.add_metric([], float(self.errors))
+        yield c
+        g = GaugeMetricFamily(
+            "fedsentinel_exporter_series", "Series produced by the domain collector in this scrape."
+        )
+        g.add_metric([], float(series + 4))
+        yield g
+        g = GaugeMetricFamily(
+            "fedsentinel_exporter_scrape_duration_seconds",
+            "Time to read the store and build the domain metrics for this scrape.",
+        )
+        g.add_metric([], time.perf_counter() - started)
+        yield g
+
+    def _collect(self, session: Session) -> list[Metric]:
+        runs = self._runs(session)
+        out: dict[str, Metric] = {}
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+            if name not in out:
+                out[name] = GaugeMetricFamily(name, doc, labels=list(labels))
+            return out[name]  # type: ignore[return-value]
+
+        reports = CounterMetricFamily(
+            "fedsentinel_reports_ingested", "Client reports stored (duplicates not counted), from the store."
+        )
+        reports.add_metric([], float(sum(r.reports for r in runs)))
+        out[reports.name] = reports
+        gauge("fedsentinel_runs_exported", "Runs exported by this scrape.").add_metric([], float(len(runs)))
+
+        findings = self._open_findings(session, [r.run_id for r in runs])
+        for run in runs:
+            self._run_metrics(session, run, findings.get(run.run_id, []), gauge)
+        return list(out.values())
+
+    def _runs(self, session: Session) -> list[_RunState]:
+        closed = RoundRow.status == "closed"
+        rows = session.execute(
+            select(
+                RunRow.run_id,
+                RunRow.expected_clients,
+                func.max(case((closed, RoundRow.round))),
+                func.sum(case((closed, 0), else_=1)),
+                func.sum(case((closed, 1), else_=0)),
+                func.sum(RoundRow.reports),
+                func.max(RoundRow.opened_at),
+                func.max(RoundRow.closed_at),
+                func.min(RoundRow.opened_at),
+            )
+            .join(RoundRow, RoundRow.run_id == RunRow.run_id, isouter=True)
+            .group_by(RunRow.run_id, RunRow.expected_clients)
+            .order_by(RunRow.run_id)
+        ).all()
+        ttl = self.settings.exporter_run_ttl_seconds
+        horizon = (datetime.now(UTC) - timedelta(seconds=ttl)).timestamp() if ttl > 0 else -math.inf
+        runs = []
+        for run_id, expected, last_closed_round, open_rounds, n_closed, reports, opened, closed_at, first in rows:
+            state = _RunState(
+                run_id=run_id,
+                expected_clients=int(expected),
+                last_closed_round=last_closed_round,
+                open_rounds=int(open_rounds or 0),
+                rounds_closed=int(n_closed or 0),
+                reports=int(reports or 0),
+                last_opened=_ts(opened),
+                last_closed=_ts(closed_at),
+                first_opened=_ts(first),
+            )
+            last = max(state.last_opened, state.last_closed) if opened is not None else math.nan
+            if math.isnan(last) or last >= horizon:
+                runs.append(state)
+        return runs
+
+    def _open_findings(self, session: Session, run_ids: list[str]) -> dict[str, list[tuple]]:
+        if not run_ids:
+            return {}
+        rows = session.execute(
+            select(
+                FindingRow.run_id, FindingRow.kind, FindingRow.severity, FindingRow.client_id,
+                FindingRow.first_round, FindingRow.last_round, FindingRow.score,
+            ).where(FindingRow.status == "open", FindingRow.run_id.in_(run_ids))
+        ).all()  # fmt: skip
+        out: dict[str, list[tuple]] = {}
+        for row in rows:
+            out.setdefault(row[0], []).append(tuple(row[1:]))
+        return out
+
+    def _scores(self, session: Session, run_id: str, before: int | None = None) -> RoundScores | None:
+        """The latest analysed round's scores (or the latest before ``before``), cached decoded."""
+        q = select(RoundScoresRow.round, RoundScoresRow.created_at).where(RoundScoresRow.run_id == run_id)
+        if before is not None:
+            q = q.where(RoundScoresRow.round < before)
+        head = session.execute(q.order_by(RoundScoresRow.round.desc()).limit(1)).first()
+        if head is None:
+            return None
+        key = (run_id, int(head[0]), _ts(head[1]))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        scores = round_scores(session, run_id, int(head[0]))
+        if scores is None:
+            return None
+        self._cache[key] = scores
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return scores
+
+    # -- one run -------------------------------------------------------------
+
+    def _run_metrics(self, session: Session, run: _RunState, findings: list[tuple], gauge) -> None:  # type: ignore[no-untyped-def]
+        r = [run.run_id]
+        scores = self._scores(session, run.run_id)
+        rs = scores.round_scores if scores else {}
+
+        gauge("fl_run_round", "Latest analysed round of the run (-1 before the first).", ["run"]).add_metric(
+            r, float(scores.round) if scores else -1.0
+        )
+        gauge("fl_run_last_closed_round", "Latest closed round of the run (-1 before the first).", ["run"]).add_metric(
+            r, float(run.last_closed_round) if run.last_closed_round is not None else -1.0
+        )
+        gauge("fl_run_open_rounds", "Rounds with reports but not yet closed.", ["run"]).add_metric(
+            r, float(run.open_rounds)
+        )
+        gauge("fl_run_expected_clients", "Clients the run was registered to expect.", ["run"]).add_metric(
+            r, float(run.expected_clients)
+        )
+        gauge(
+            "fl_run_last_activity_timestamp_seconds",
+            "Unix time of the run's latest round opening (first report) or closing.",
+            ["run"],
+        ).add_metric(r, max(run.last_opened, run.last_closed) if not math.isnan(run.last_opened) else math.nan)
+        period = (
+            (run.last_closed - run.first_opened) / run.rounds_closed
+            if run.rounds_closed and not math.isnan(run.last_closed)
+            else math.nan
+        )
+        gauge(
+            "fl_run_round_interval_seconds",
+            "Mean wall time per closed round (first opening to latest close over rounds closed).",
+            ["run"],
+        ).add_metric(r, period)
+        gauge(
+            "fl_run_analysis_duration_seconds", "Time the engine took to analyse the latest round.", ["run"]
+        ).add_metric(r, scores.computed_seconds if scores else math.nan)
+        for name, key, doc in RUN_SCORE_METRICS:
+            gauge(name, doc, ["run"]).add_metric(r, float(rs.get(key, math.nan)))
+
+        flagged = gauge(
+            "fl_run_clients_flagged", "Clients over threshold for a signal in the latest round.", ["run", "signal"]
+        )
+        for signal in FLAGGED_COUNTS:
+            flagged.add_metric([run.run_id, signal], float(rs.get(f"clients_{signal}", math.nan)))
+
+        # findings
+        counts = {(k, s): 0 for k in FINDING_KINDS for s in SEVERITIES}
+        streak = dict.fromkeys(RUN_SIGNAL_KINDS, 0)
+        latest = scores.round if scores else None
+        for kind, severity, client_id, first_round, last_round, _score in findings:
+            counts[(kind, severity)] = counts.get((kind, severity), 0) + 1
+            if client_id is None and kind in streak and last_round == latest:
+                streak[kind] = max(streak[kind], last_round - first_round + 1)
+        fam = gauge("fl_run_findings_open", "Open findings by kind and severity.", ["run", "kind", "severity"])
+        for (kind, severity), n in counts.items():
+            fam.add_metric([run.run_id, kind, severity], float(n))
+        fam = gauge(
+            "fl_run_signal_streak_rounds",
+            "Consecutive analysed rounds (up to the latest) in which a federation-level finding was active; 0 = not now.",
+            ["run", "kind"],
+        )
+        for kind, n in streak.items():
+            fam.add_metric([run.run_id, kind], float(n))
+
+        # federation quantiles (always present)
+        for name, key, what in QUANTILE_SCORES:
+            fam = gauge(name, f"Quantile q of the {what} over the latest round's clients.", ["run", "q"])
+            values = scores.client_scores.get(key) if scores else None
+            finite = values[~np.isnan(values)] if values is not None else np.empty(0)
+            qs = np.quantile(finite, QUANTILES) if finite.size else [math.nan] * len(QUANTILES)
+            for q, v in zip(QUANTILES, qs, strict=True):
+                fam.add_metric([run.run_id, f"{q:g}"], float(v))
+
+        # per client, capped
+        flagged_clients = {f[2]: f[1] for f in findings if f[2] is not None and f[1] == "critical"}
+        for f in findings:
+            if f[2] is not None:
+                flagged_clients.setdefault(f[2], f[1])
+        selected, total = self._select_clients(session, run.run_id, scores, flagged_clients)
+        gauge("fl_run_clients_exported", "Clients with per-client series in this scrape.", ["run"]).add_metric(
+            r, float(len(selected))
+        )
+        gauge(
+            "fl_run_clients_cut", "Clients of the latest round left out of per-client series by the cap.", ["run"]
+        ).add_metric(r, float(max(total - len(selected), 0)))
+        self._client_metrics(session, run.run_id, scores, selected, gauge)
+
+    def _select_clients(
+        self, session: Session, run_id: str, scores: RoundScores | None, flagged: dict[str, str]
+    ) -> tuple[list[int], int]:
+        """Indices into ``scores.client_ids`` to export, and how many clients the round had."""
+        if scores is None or not scores.client_ids:
+            return [], 0
+        ids = scores.client_ids
+        n = len(ids)
+        k = self.settings.exporter_top_k_clients
+        anomaly = np.asarray(scores.client_scores.get("anomaly_score", np.full(n, np.nan)))
+        position = {c: i for i, c in enumerate(ids)}
+        flagged_idx = [position[c] for c in flagged if c in position]
+        rank = {"critical": 0, "warning": 1, "info": 2}
+        flagged_idx.sort(key=lambda i: (rank.get(flagged[ids[i]], 3), -np.nan_to_num(anomaly[i], nan=-np.inf), ids[i]))
+        chosen = list(dict.fromkeys(flagged_idx[: self.settings.exporter_max_clients]))
+        taken = set(chosen)
+        budget = min(k, max(self.settings.exporter_max_clients - len(chosen), 0))
+        if budget:
+            current = _top(anomaly, min(2 * budget, n))
+            previous = self._scores(session, run_id, before=scores.round)
+            if previous is not None and previous.client_ids:
+                prev_anomaly = np.asarray(previous.client_scores.get("anomaly_score", []))
+                prev_top = {previous.client_ids[i] for i in _top(prev_anomaly, budget)} if prev_anomaly.size else set()
+            else:
+                prev_top = set()
+            # keep last round's top-k while they stay within the current top-2k, then fill by rank
+            keep = [i for i in current if ids[i] in prev_top and i not in taken][:budget]
+            fill = [i for i in current if i not in taken and i not in set(keep)]
+            extra = keep + fill[: budget - len(keep)]
+            chosen.extend(int(i) for i in extra)
+        return chosen, n
+
+    def _client_metrics(self, session: Session, run_id: str, scores: RoundScores | None, selected: list[int], gauge) -> None:  # type: ignore[no-untyped-def]
+        labels = ["run", "client"]
+        families = [(name, key, gauge(name, doc, labels)) for name, key, doc in CLIENT_SCORE_METRICS + STREAK_METRICS]
+        acc = gauge("fl_client_eval_accuracy_ratio", "Client's evaluation accuracy of the global model on its local held-out data.", labels)
+        loss = gauge("fl_client_eval_loss", "Client's evaluation loss of the global model on its local held-out data.", labels)
+        if scores is None or not selected:
+            return
+        ids = [scores.client_ids[i] for i in selected]
+        idx = np.asarray(selected, dtype=np.int64)
+        for _name, key, fam in families:
+            column = scores.client_scores.get(key)
+            if column is None:
+                continue
+            values = column[idx]
+            for client, v in zip(ids, values.tolist(), strict=True):
+                fam.add_metric([run_id, client], v)
+        reports: dict[str, tuple[float | None, float | None]] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            for client, a, lo in session.execute(
+                select(ClientReportRow.client_id, ClientReportRow.eval_accuracy, ClientReportRow.eval_loss).where(
+                    ClientReportRow.run_id == run_id,
+                    ClientReportRow.round == scores.round,
+                    ClientReportRow.client_id.in_(part),
+                )
+            ):
+                reports[client] = (a, lo)
+        for client in ids:
+            a, lo = reports.get(client, (None, None))
+            acc.add_metric([run_id, client], math.nan if a is None else float(a))
+            loss.add_metric([run_id, client], math.nan if lo is None else float(lo))
+
+
+class _TelemetryView(Collector):
+    """The app's per-process telemetry minus families the store answers for every worker."""
+
+    def __init__(self, registry: CollectorRegistry, exclude: set[str]) -> None:
+        self.registry = registry
+        self.exclude = exclude
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if family.name not in self.exclude:
+                yield family
+
+
+def metrics_registry(telemetry_registry: CollectorRegistry, store: Callable[[], Store], settings: Settings) -> CollectorRegistry:
+    """The registry ``/metrics`` serves: telemetry (per worker) + the domain collector (from the store).
+
+    The telemetry's per-worker ``fedsentinel_reports_ingested`` is replaced by
+    the store's count so that every worker reports the same total.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_TelemetryView(telemetry_registry, {"fedsentinel_reports_ingested"}))
+    registry.register(DomainCollector(store, settings))
+    return registry
