@@ -45,7 +45,12 @@ def main() -> None:
         Fault("straggler", range(2, n, 900), a.warm + 1, magnitude=10),
     ]
     fed = SyntheticFederation(
-        n, num_classes=a.classes, n_features=a.features, bins=a.bins, sketch_dim=a.sketch, faults=faults
+        n,
+        num_classes=a.classes,
+        n_features=a.features,
+        bins=a.bins,
+        sketch_dim=a.sketch,
+        faults=faults,
     )
     run = fed.run("bench")
     th = Thresholds()
@@ -70,7 +75,9 @@ def main() -> None:
         f"min {min(times) * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms over {a.repeat} runs "
         f"(cpu affinity {len(os.sched_getaffinity(0))} cores)"
     )
-    print(f"active signals: {len(res.active)}; flagged clients: {int(res.round_scores['clients_flagged'])}")
+    print(
+        f"active signals: {len(res.active)}; flagged clients: {int(res.round_scores['clients_flagged'])}"
+    )
     print(
         f"state: {len(blob) / 1e6:.1f} MB, to_bytes {t_ser * 1e3:.0f} ms, from_bytes {t_de * 1e3:.0f} ms"
     )

@@ -358,12 +358,26 @@ class RoundInput:
         n = self.n
         if len(set(self.client_ids)) != n:
             raise ValueError("round input has duplicate client ids")
-        for name in (
-            "status num_examples train_loss train_accuracy eval_loss eval_accuracy local_accuracy "
-            "wall_time_seconds update_norm clipped nonfinite_update nonfinite_loss noise_mechanism noise_scale"
-        ).split():
+        for name in [
+            "status",
+            "num_examples",
+            "train_loss",
+            "train_accuracy",
+            "eval_loss",
+            "eval_accuracy",
+            "local_accuracy",
+            "wall_time_seconds",
+            "update_norm",
+            "clipped",
+            "nonfinite_update",
+            "nonfinite_loss",
+            "noise_mechanism",
+            "noise_scale",
+        ]:
             if np.shape(getattr(self, name)) != (n,):
-                raise ValueError(f"{name} must have shape ({n},), got {np.shape(getattr(self, name))}")
+                raise ValueError(
+                    f"{name} must have shape ({n},), got {np.shape(getattr(self, name))}"
+                )
         if np.shape(self.label_hist) != (n, cfg.num_classes):
             raise ValueError(f"label_hist must have shape ({n}, {cfg.num_classes})")
         if len(self.feature_hists) != len(cfg.feature_bin_edges):
@@ -424,9 +438,9 @@ class DetectorState:
 
     def _shape_for(self, cfg: RunConfig) -> None:
         if self.ref_label_counts is not None:
-            if self.ref_label_counts.shape[1] != cfg.num_classes or len(self.ref_feature_counts) != len(
-                cfg.feature_bin_edges
-            ):
+            if self.ref_label_counts.shape[1] != cfg.num_classes or len(
+                self.ref_feature_counts
+            ) != len(cfg.feature_bin_edges):
                 raise ValueError("detector state does not match the run's classes/features")
             return
         k = self.num_clients
@@ -493,7 +507,8 @@ class DetectorState:
                 np.concatenate([a, np.zeros((n_new, a.shape[1]))]) for a in self.ref_feature_counts
             ]
             self.streaks = {
-                s: np.concatenate([a, np.zeros(n_new, dtype=np.int64)]) for s, a in self.streaks.items()
+                s: np.concatenate([a, np.zeros(n_new, dtype=np.int64)])
+                for s, a in self.streaks.items()
             }
         return idx
 
@@ -506,7 +521,11 @@ class DetectorState:
             elif isinstance(v, list):
                 setattr(out, f.name, [a.copy() for a in v])
             elif isinstance(v, dict):
-                setattr(out, f.name, {k: (a.copy() if isinstance(a, np.ndarray) else a) for k, a in v.items()})
+                setattr(
+                    out,
+                    f.name,
+                    {k: (a.copy() if isinstance(a, np.ndarray) else a) for k, a in v.items()},
+                )
         return out
 
     def to_bytes(self) -> bytes:
@@ -572,7 +591,11 @@ class DetectorState:
             if isinstance(a, list | tuple):
                 return isinstance(b, list | tuple) and len(a) == len(b) and all(map(same, a, b))
             if isinstance(a, dict):
-                return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+                return (
+                    isinstance(b, dict)
+                    and a.keys() == b.keys()
+                    and all(same(a[k], b[k]) for k in a)
+                )
             return a == b
 
         return all(same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
@@ -681,7 +704,9 @@ def analyze_round(
     status = np.asarray(data.status, dtype=object)
     ok = status == "ok"
     noise_v = drift.noise_variance(data.noise_mechanism, data.noise_scale)
-    calibrating = th.calibration_rounds > 0 and not st.calibrated and st.rounds_seen < th.calibration_rounds
+    calibrating = (
+        th.calibration_rounds > 0 and not st.calibrated and st.rounds_seen < th.calibration_rounds
+    )
     cal_limit = {name: 2.0 * getattr(base_th, name) for name in CALIBRATED_THRESHOLDS}
     healthy = ok & ~data.nonfinite_update & ~data.nonfinite_loss
 
@@ -704,7 +729,12 @@ def analyze_round(
         m = (r + 0.5) / (n_ref + 0.5 * cfg.num_classes)[:, None]
         js_ref[ready] = drift.js_distance(r, lh[ready])
         qn = drift.js_null_quantile(
-            m, lh_total[ready], n_ref, noise_v[ready], st.ref_label_noise_var[idx][ready], th.drift_null_alpha
+            m,
+            lh_total[ready],
+            n_ref,
+            noise_v[ready],
+            st.ref_label_noise_var[idx][ready],
+            th.drift_null_alpha,
         )
         label_thr[ready] = np.sqrt(th.label_drift_js**2 + qn)
         if calibrating:
@@ -735,7 +765,10 @@ def analyze_round(
     nf = len(cfg.feature_bin_edges)
     psi_max, w_max, ks_max, feat_ratio = _nan(n), _nan(n), _nan(n), _nan(n)
     feat_top = np.full(n, -1, dtype=np.int64)
-    cal_feat = {k: np.full(n, -np.inf) for k in ("feature_drift_psi", "feature_drift_wasserstein", "feature_drift_ks")}
+    cal_feat = {
+        k: np.full(n, -np.inf)
+        for k in ("feature_drift_psi", "feature_drift_wasserstein", "feature_drift_ks")
+    }
     feat_ready_any = np.zeros(n, dtype=bool)
     per_feature: dict[str, list[np.ndarray]] = {"psi": [], "w": [], "ks": []}
     for f, edges in enumerate(cfg.feature_bin_edges):
@@ -761,7 +794,9 @@ def analyze_round(
             ks_f[rdy] = drift.ks_hist(r, cur)
             a = th.drift_null_alpha
             q_psi = drift.psi_null_quantile(m, n_cur, n_ref, noise_v[rdy], v_ref, a)
-            q_w = drift.wasserstein_null_quantile(m, n_cur, n_ref, noise_v[rdy], v_ref, edges, scale, a)
+            q_w = drift.wasserstein_null_quantile(
+                m, n_cur, n_ref, noise_v[rdy], v_ref, edges, scale, a
+            )
             q_ks = drift.ks_null_quantile(m, n_cur, n_ref, noise_v[rdy], v_ref, a)
             ratio = np.maximum.reduce(
                 [
@@ -775,11 +810,15 @@ def analyze_round(
             better = np.nan_to_num(full, nan=-np.inf) > np.nan_to_num(feat_ratio, nan=-np.inf)
             feat_top = np.where(better, f, feat_top)
             feat_ratio = np.fmax(feat_ratio, full)
-            cal_feat["feature_drift_psi"][rdy] = np.maximum(cal_feat["feature_drift_psi"][rdy], psi_f[rdy] - q_psi)
+            cal_feat["feature_drift_psi"][rdy] = np.maximum(
+                cal_feat["feature_drift_psi"][rdy], psi_f[rdy] - q_psi
+            )
             cal_feat["feature_drift_wasserstein"][rdy] = np.maximum(
                 cal_feat["feature_drift_wasserstein"][rdy], w_f[rdy] - q_w
             )
-            cal_feat["feature_drift_ks"][rdy] = np.maximum(cal_feat["feature_drift_ks"][rdy], ks_f[rdy] - q_ks)
+            cal_feat["feature_drift_ks"][rdy] = np.maximum(
+                cal_feat["feature_drift_ks"][rdy], ks_f[rdy] - q_ks
+            )
         psi_max, w_max, ks_max = np.fmax(psi_max, psi_f), np.fmax(w_max, w_f), np.fmax(ks_max, ks_f)
         per_feature["psi"].append(psi_f)
         per_feature["w"].append(w_f)
@@ -798,11 +837,15 @@ def analyze_round(
     scores["feature_drift_wasserstein_max"] = w_max
     scores["feature_drift_ks_max"] = ks_max
     scores["feature_drift_ratio"] = feat_ratio
-    scores["feature_drift_top_feature"] = np.where(feat_top >= 0, feat_top, np.nan).astype(np.float64)
+    scores["feature_drift_top_feature"] = np.where(feat_top >= 0, feat_top, np.nan).astype(
+        np.float64
+    )
 
     # -- performance drift -----------------------------------------------------
     rel = changepoint.relative_log_loss(data.eval_loss, ok & ~data.nonfinite_loss)
-    ph_state = changepoint.PageHinkleyState(st.ph_n[idx], st.ph_mean[idx], st.ph_cum[idx], st.ph_cum_min[idx])
+    ph_state = changepoint.PageHinkleyState(
+        st.ph_n[idx], st.ph_mean[idx], st.ph_cum[idx], st.ph_cum_min[idx]
+    )
     ph_state, ph_stat, perf_flag = changepoint.page_hinkley_update(
         ph_state,
         rel,
@@ -818,7 +861,12 @@ def analyze_round(
     )
     ph_eligible = np.isfinite(ph_stat) & ((ph_state.n >= th.changepoint_min_rounds) | perf_flag)
     if calibrating:
-        _collect(st.calibration_samples, "changepoint_lambda", ph_stat[ph_eligible & healthy], cal_limit["changepoint_lambda"])
+        _collect(
+            st.calibration_samples,
+            "changepoint_lambda",
+            ph_stat[ph_eligible & healthy],
+            cal_limit["changepoint_lambda"],
+        )
     scores["eval_loss_relative_log"] = rel
     scores["eval_loss_changepoint"] = ph_stat
 
@@ -839,7 +887,9 @@ def analyze_round(
     good_norm = ok & np.isfinite(norm)
     norm_src = norm
     if not good_norm.any() and has_sk.any():
-        norm_src = np.where(has_sk, np.linalg.norm(np.where(has_sk[:, None], sketch, 0.0), axis=1), np.nan)
+        norm_src = np.where(
+            has_sk, np.linalg.norm(np.where(has_sk[:, None], sketch, 0.0), axis=1), np.nan
+        )
         good_norm = has_sk.copy()
     norm_ratio = divergence.norm_ratio_to_median(norm_src, good_norm)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -848,15 +898,26 @@ def analyze_round(
     z_cos = divergence.robust_z(cos, has_sk)
     prev_sk = st.prev_sketch[idx].astype(np.float64)
     cos_prev = _nan(n)
-    has_prev = has_sk & np.isfinite(prev_sk).all(axis=1) if sketch.shape[1] else np.zeros(n, dtype=bool)
+    has_prev = (
+        has_sk & np.isfinite(prev_sk).all(axis=1) if sketch.shape[1] else np.zeros(n, dtype=bool)
+    )
     if has_prev.any():
         cos_prev[has_prev] = divergence.rowwise_cosine(sketch[has_prev], prev_sk[has_prev])
-    stale = ok & divergence.stale_updates(cos_prev, norm_src, st.prev_norm[idx], th.stale_cosine_min, th.stale_norm_rtol)
+    stale = ok & divergence.stale_updates(
+        cos_prev, norm_src, st.prev_norm[idx], th.stale_cosine_min, th.stale_norm_rtol
+    )
     free = good_norm & divergence.free_riders(norm_ratio, norm_src, th.free_rider_norm_ratio)
     div_score = np.fmax(np.abs(z_norm), -z_cos)
-    div_round = ok & ~free & ~stale & ~nonfinite & (np.nan_to_num(div_score, nan=0.0) > th.update_robust_z)
+    div_round = (
+        ok & ~free & ~stale & ~nonfinite & (np.nan_to_num(div_score, nan=0.0) > th.update_robust_z)
+    )
     if calibrating:
-        _collect(st.calibration_samples, "update_robust_z", div_score[healthy & ~free & ~stale], cal_limit["update_robust_z"])
+        _collect(
+            st.calibration_samples,
+            "update_robust_z",
+            div_score[healthy & ~free & ~stale],
+            cal_limit["update_robust_z"],
+        )
     if sketch.shape[1]:
         st.prev_sketch[idx[has_sk]] = sketch[has_sk].astype(np.float32)
     upd_norm = ok & np.isfinite(norm_src)
@@ -871,9 +932,16 @@ def analyze_round(
     wall_z = participation.straggler_z(data.wall_time_seconds, ok)
     straggler = ok & (np.nan_to_num(wall_z, nan=0.0) > th.straggler_robust_z)
     if calibrating:
-        _collect(st.calibration_samples, "straggler_robust_z", wall_z[healthy], cal_limit["straggler_robust_z"])
+        _collect(
+            st.calibration_samples,
+            "straggler_robust_z",
+            wall_z[healthy],
+            cal_limit["straggler_robust_z"],
+        )
     scores["wall_time_robust_z"] = wall_z
-    scores["federation_benefit"] = fairness.federation_benefit(data.eval_accuracy, data.local_accuracy)
+    scores["federation_benefit"] = fairness.federation_benefit(
+        data.eval_accuracy, data.local_accuracy
+    )
 
     # -- streaks (present clients) --------------------------------------------
     observed = ok
@@ -921,7 +989,8 @@ def analyze_round(
         label_ratio,
         feat_ratio,
         ph_stat / th.changepoint_lambda,
-        np.where(div_round | div_flag, div_score, np.fmin(div_score, th.update_robust_z)) / th.update_robust_z,
+        np.where(div_round | div_flag, div_score, np.fmin(div_score, th.update_robust_z))
+        / th.update_robust_z,
         np.where(stale | free, 1.0, 0.0),
         wall_z / th.straggler_robust_z,
     ):
@@ -940,7 +1009,12 @@ def analyze_round(
         p_cur = lh[i] / lh[i].sum()
         c = int(top[0, 0])
         movers = [
-            {"class": int(k), "name": cfg.class_name(int(k)), "reference_share": float(p_ref[k]), "share": float(p_cur[k])}
+            {
+                "class": int(k),
+                "name": cfg.class_name(int(k)),
+                "reference_share": float(p_ref[k]),
+                "share": float(p_cur[k]),
+            }
             for k in top[0]
         ]
         ratio = float(label_ratio[i])
@@ -996,7 +1070,10 @@ def analyze_round(
                     f"KS {_f(per_feature['ks'][f][i])}; {_f(ratio)}x its noise-adjusted threshold "
                     f"(PSI {th.feature_drift_psi}, W {th.feature_drift_wasserstein}, KS {th.feature_drift_ks})"
                 ),
-                details={"top_features": per, "streak_rounds": int(st.streaks["feature_drift"][idx[i]])},
+                details={
+                    "top_features": per,
+                    "streak_rounds": int(st.streaks["feature_drift"][idx[i]]),
+                },
             )
         )
     for i in np.flatnonzero(label_flag & feat_flag):
@@ -1013,7 +1090,10 @@ def analyze_round(
                     f"client {cid}: labels and features both drifted from its reference rounds "
                     f"(JS {_f(js_ref[i])}, max PSI {_f(psi_max[i])}); {_f(ratio)}x threshold"
                 ),
-                details={"label_ratio": float(label_ratio[i]), "feature_ratio": float(feat_ratio[i])},
+                details={
+                    "label_ratio": float(label_ratio[i]),
+                    "feature_ratio": float(feat_ratio[i]),
+                },
             )
         )
     for i in np.flatnonzero(perf_flag):
@@ -1031,7 +1111,10 @@ def analyze_round(
                     f"{_f(ph_stat[i])} > {_f(th.changepoint_lambda)}); loss {_f(data.eval_loss[i], 3)} is "
                     f"{_f(math.exp(rel[i]))}x the round's median client"
                 ),
-                details={"eval_loss": _json_num(data.eval_loss[i]), "relative_log_loss": _json_num(rel[i])},
+                details={
+                    "eval_loss": _json_num(data.eval_loss[i]),
+                    "relative_log_loss": _json_num(rel[i]),
+                },
             )
         )
     for i in np.flatnonzero(div_flag & div_round):
@@ -1098,7 +1181,10 @@ def analyze_round(
             w
             for w, b in (
                 ("update", bool(data.nonfinite_update[i] or np.isinf(norm[i]))),
-                ("sketch", bool(sketch.shape[1] and divergence.nonfinite_rows(sketch[i : i + 1])[0])),
+                (
+                    "sketch",
+                    bool(sketch.shape[1] and divergence.nonfinite_rows(sketch[i : i + 1])[0]),
+                ),
                 ("loss", bool(data.nonfinite_loss[i])),
             )
             if b
@@ -1128,7 +1214,10 @@ def analyze_round(
                     f"client {cid}: round took {data.wall_time_seconds[i]:.1f} s vs median {med:.1f} s "
                     f"(robust z {_f(wall_z[i], 1)}, threshold {_f(th.straggler_robust_z, 1)})"
                 ),
-                details={"wall_time_seconds": _json_num(data.wall_time_seconds[i]), "median_seconds": _json_num(med)},
+                details={
+                    "wall_time_seconds": _json_num(data.wall_time_seconds[i]),
+                    "median_seconds": _json_num(med),
+                },
             )
         )
     drop_k = np.flatnonzero(st.streaks["dropout"] >= th.dropout_streak_rounds)
@@ -1191,9 +1280,15 @@ def analyze_round(
     benefit = scores["federation_benefit"][ok]
     benefit = benefit[np.isfinite(benefit)]
     rs["federation_benefit_mean"] = float(benefit.mean()) if benefit.size else math.nan
-    rs["federation_benefit_negative_share"] = float((benefit < 0).mean()) if benefit.size else math.nan
-    st.fairness_mean_history = np.append(st.fairness_mean_history, fs["accuracy_mean"])[-_HISTORY_CAP:]
-    st.fairness_worst_history = np.append(st.fairness_worst_history, fs["accuracy_worst10_mean"])[-_HISTORY_CAP:]
+    rs["federation_benefit_negative_share"] = (
+        float((benefit < 0).mean()) if benefit.size else math.nan
+    )
+    st.fairness_mean_history = np.append(st.fairness_mean_history, fs["accuracy_mean"])[
+        -_HISTORY_CAP:
+    ]
+    st.fairness_worst_history = np.append(st.fairness_worst_history, fs["accuracy_worst10_mean"])[
+        -_HISTORY_CAP:
+    ]
     mean_ch, worst_ch = math.nan, math.nan
     w = th.fairness_window
     if w >= 2 and st.fairness_mean_history.size >= w:
@@ -1227,10 +1322,14 @@ def analyze_round(
     st.global_loss_history = np.append(st.global_loss_history, gl_f)[-_HISTORY_CAP:]
     stag = health.stagnation(st.global_loss_history, th.stagnation_window)
     rs["global_eval_loss"] = gl_f
-    rs["global_eval_accuracy"] = math.nan if data.global_eval_accuracy is None else float(data.global_eval_accuracy)
+    rs["global_eval_accuracy"] = (
+        math.nan if data.global_eval_accuracy is None else float(data.global_eval_accuracy)
+    )
     rs["global_loss_jump_ratio"] = jump
     rs["global_stagnation_improvement"] = stag
-    nonfinite_agg = health.nonfinite_aggregate(gl, data.aggregate_update_norm, data.aggregate_sketch)
+    nonfinite_agg = health.nonfinite_aggregate(
+        gl, data.aggregate_update_norm, data.aggregate_sketch
+    )
     rs["nonfinite_aggregate"] = float(nonfinite_agg)
     if nonfinite_agg:
         active.append(
@@ -1279,7 +1378,11 @@ def analyze_round(
         )
     gap = health.centralized_gap(cfg.centralized_accuracy, data.global_eval_accuracy)
     rs["centralized_gap"] = gap
-    if math.isfinite(gap) and gap > th.centralized_gap_max and st.rounds_seen + 1 >= th.centralized_gap_min_rounds:
+    if (
+        math.isfinite(gap)
+        and gap > th.centralized_gap_max
+        and st.rounds_seen + 1 >= th.centralized_gap_min_rounds
+    ):
         active.append(
             ActiveSignal(
                 kind="centralized_gap",

@@ -155,7 +155,9 @@ def reconcile(
             continue
         quiet = f.quiet_rounds + 1
         if quiet >= resolve_after:
-            out.resolved.append(replace(f, quiet_rounds=quiet, status="resolved", resolved_round=round))
+            out.resolved.append(
+                replace(f, quiet_rounds=quiet, status="resolved", resolved_round=round)
+            )
         else:
             out.updated.append(replace(f, quiet_rounds=quiet))
 

@@ -10,7 +10,9 @@ from monitor.signals.synthetic import Fault, SyntheticFederation
 
 
 def sig(kind="label_drift", client="c1", score=0.5, severity="warning"):
-    return ActiveSignal(kind, severity, client, score, 0.2, f"{client}: {kind} {score}", {"x": score})
+    return ActiveSignal(
+        kind, severity, client, score, 0.2, f"{client}: {kind} {score}", {"x": score}
+    )
 
 
 def apply(open_, rec):
@@ -29,7 +31,13 @@ def test_open_update_resolve():
 
     rec = reconcile([f], [sig(score=0.9, severity="critical")], round=11)
     (u,) = rec.updated
-    assert (u.first_round, u.last_round, u.score, u.severity, u.peak_score) == (10, 11, 0.9, "critical", 0.9)
+    assert (u.first_round, u.last_round, u.score, u.severity, u.peak_score) == (
+        10,
+        11,
+        0.9,
+        "critical",
+        0.9,
+    )
     assert u.message.endswith("0.9") and not rec.opened
     assert f.last_round == 10  # input not mutated
 
@@ -54,9 +62,24 @@ def test_quiet_counter_resets_when_signal_returns():
 
 
 def test_keys_are_kind_and_client_and_duplicates_merge():
-    rec = reconcile([], [sig(client="a"), sig(client="b"), sig("stale_update", "a"), sig(client="a", score=2.0), sig("participation_drop", None)], 3)
+    rec = reconcile(
+        [],
+        [
+            sig(client="a"),
+            sig(client="b"),
+            sig("stale_update", "a"),
+            sig(client="a", score=2.0),
+            sig("participation_drop", None),
+        ],
+        3,
+    )
     keys = sorted((f.kind, f.client_id or "") for f in rec.opened)
-    assert keys == [("label_drift", "a"), ("label_drift", "b"), ("participation_drop", ""), ("stale_update", "a")]
+    assert keys == [
+        ("label_drift", "a"),
+        ("label_drift", "b"),
+        ("participation_drop", ""),
+        ("stale_update", "a"),
+    ]
     assert next(f for f in rec.opened if f.key == ("label_drift", "a")).score == 2.0
 
 
@@ -66,7 +89,9 @@ def test_unobserved_clients_neither_update_nor_resolve():
     for r in (2, 3, 4, 5):
         rec = reconcile(open_, [], r, resolve_after=3, observed_clients=["b"])
         open_ = apply(open_, rec)
-    assert [f.key for f in open_] == [("label_drift", "a")]  # federation finding resolved, client one kept
+    assert [f.key for f in open_] == [
+        ("label_drift", "a")
+    ]  # federation finding resolved, client one kept
     assert open_[0].quiet_rounds == 0
 
 
@@ -96,7 +121,10 @@ def test_resolve_after_validation_and_store_mapping():
 
 def test_one_finding_per_ongoing_problem_on_a_stream():
     fed = SyntheticFederation(
-        30, alpha=0.5, seed=3, faults=[Fault("label_shift", [4], 6, 12, magnitude=0.6), Fault("stale", [9], 8, 10)]
+        30,
+        alpha=0.5,
+        seed=3,
+        faults=[Fault("label_shift", [4], 6, 12, magnitude=0.6), Fault("stale", [9], 8, 10)],
     )
     run = fed.run()
     st = DetectorState()

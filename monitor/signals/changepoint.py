@@ -105,7 +105,9 @@ def page_hinkley_update(
     return PageHinkleyState(n=n, mean=mean, cum=cum, cum_min=cum_min), stat, alarm
 
 
-def relative_log_loss(loss: np.ndarray, mask: np.ndarray | None = None, floor: float = 1e-6) -> np.ndarray:
+def relative_log_loss(
+    loss: np.ndarray, mask: np.ndarray | None = None, floor: float = 1e-6
+) -> np.ndarray:
     r"""Each client's log loss relative to the round's median client.
 
     .. math:: r_i = \ln\max(\ell_i, \text{floor}) - \operatorname{median}_j \ln\max(\ell_j, \text{floor})

@@ -75,7 +75,9 @@ def worst_fraction_mean(x: np.ndarray, fraction: float = 0.1) -> float:
     return float(np.partition(v, k - 1)[:k].mean())
 
 
-def fairness_summary(accuracy: np.ndarray, floor: float = 0.5, fraction: float = 0.1) -> dict[str, float]:
+def fairness_summary(
+    accuracy: np.ndarray, floor: float = 0.5, fraction: float = 0.1
+) -> dict[str, float]:
     """Fairness aggregates of the clients' evaluation accuracy (finite values only).
 
     Keys: ``accuracy_mean``, ``accuracy_std`` (population, ddof=0),
@@ -133,4 +135,6 @@ def fairness_regression(mean_history: np.ndarray, worst_history: np.ndarray) -> 
 
 def federation_benefit(eval_accuracy: np.ndarray, local_accuracy: np.ndarray) -> np.ndarray:
     """Per client ``eval_accuracy - local_accuracy``: what federating gained over training alone (NaN where either is missing)."""
-    return np.asarray(eval_accuracy, dtype=np.float64) - np.asarray(local_accuracy, dtype=np.float64)
+    return np.asarray(eval_accuracy, dtype=np.float64) - np.asarray(
+        local_accuracy, dtype=np.float64
+    )

@@ -9,7 +9,9 @@ __all__ = ["dp_fedavg_epsilon", "budget_share"]
 
 
 @lru_cache(maxsize=4096)
-def dp_fedavg_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+def dp_fedavg_epsilon(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float
+) -> float:
     r"""Epsilon spent after ``steps`` rounds of DP-FedAvg (user-level, Poisson client sampling).
 
     Each round is one application of the sampled Gaussian mechanism with

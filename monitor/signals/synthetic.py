@@ -87,11 +87,14 @@ class SyntheticFederation:
         self.wall_base = rng.uniform(5.0, 15.0, size=n)
         self.edges = np.linspace(-4.0, 4.0, self.bins + 1)
 
-    def run(self, run_id: str = "synthetic", thresholds: dict[str, float] | None = None) -> RunCreate:
+    def run(
+        self, run_id: str = "synthetic", thresholds: dict[str, float] | None = None
+    ) -> RunCreate:
         return RunCreate(
             run_id=run_id,
             task=TaskSpec(
-                num_classes=self.num_classes, feature_names=[f"x{f}" for f in range(self.n_features)]
+                num_classes=self.num_classes,
+                feature_names=[f"x{f}" for f in range(self.n_features)],
             ),
             feature_bin_edges=[self.edges.tolist() for _ in range(self.n_features)],
             sketch_dim=self.sketch_dim,
@@ -118,7 +121,7 @@ class SyntheticFederation:
         from monitor.detectors import RoundInput
 
         rng = np.random.default_rng([self.seed, t, 0])
-        n, c = self.n_clients, self.num_classes
+        n = self.n_clients
         d = RoundInput.empty(t, self.client_ids, self.run())
         nex = self.n_examples.copy()
         d.num_examples[:] = nex
@@ -154,7 +157,9 @@ class SyntheticFederation:
         g = 0.5 + 1.5 * np.exp(-t / 10.0)
         d.eval_loss[:] = self.loss_base * g * np.exp(0.08 * rng.normal(size=n))
         d.train_loss[:] = d.eval_loss * 0.9
-        acc = np.clip(self.acc_base * (1 - 0.5 * np.exp(-t / 10.0)) + 0.01 * rng.normal(size=n), 0, 1)
+        acc = np.clip(
+            self.acc_base * (1 - 0.5 * np.exp(-t / 10.0)) + 0.01 * rng.normal(size=n), 0, 1
+        )
         for f in self._active("loss_jump", t):
             d.eval_loss[list(f.clients)] *= np.exp(f.magnitude)
             acc[list(f.clients)] = np.clip(acc[list(f.clients)] - 0.3, 0, 1)
@@ -196,7 +201,14 @@ class SyntheticFederation:
         for f in self._active("dropout", t):
             for i in f.clients:
                 d.status[i] = "dropped"
-                for name in ("eval_loss", "eval_accuracy", "train_loss", "train_accuracy", "update_norm", "wall_time_seconds"):
+                for name in (
+                    "eval_loss",
+                    "eval_accuracy",
+                    "train_loss",
+                    "train_accuracy",
+                    "update_norm",
+                    "wall_time_seconds",
+                ):
                     getattr(d, name)[i] = np.nan
                 d.sketch[i] = np.nan
                 d.label_hist[i] = np.nan

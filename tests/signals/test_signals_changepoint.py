@@ -12,7 +12,12 @@ class LoopPageHinkley:
     """river.drift.PageHinkley (mode "up"), written out per client."""
 
     def __init__(self, delta, threshold, min_instances, alpha=1.0):
-        self.delta, self.threshold, self.min_instances, self.alpha = delta, threshold, min_instances, alpha
+        self.delta, self.threshold, self.min_instances, self.alpha = (
+            delta,
+            threshold,
+            min_instances,
+            alpha,
+        )
         self.reset()
 
     def reset(self):

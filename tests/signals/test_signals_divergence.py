@@ -65,4 +65,6 @@ def test_nonfinite_rows_and_streaks():
 def test_rowwise_cosine_matches_loop(n):
     rng = np.random.default_rng(n)
     a, b = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
-    np.testing.assert_allclose(dv.rowwise_cosine(a, b), [1 - cosine(x, y) for x, y in zip(a, b, strict=True)], atol=1e-12)
+    np.testing.assert_allclose(
+        dv.rowwise_cosine(a, b), [1 - cosine(x, y) for x, y in zip(a, b, strict=True)], atol=1e-12
+    )

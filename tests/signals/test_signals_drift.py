@@ -21,8 +21,12 @@ def test_js_distance_matches_scipy_base2():
 
 
 def test_js_distance_edge_cases():
-    assert drift.js_distance(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))[0] == pytest.approx(1.0)
-    assert drift.js_distance(np.array([[3.0, 1.0]]), np.array([[6.0, 2.0]]))[0] == pytest.approx(0.0, abs=1e-7)
+    assert drift.js_distance(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))[0] == pytest.approx(
+        1.0
+    )
+    assert drift.js_distance(np.array([[3.0, 1.0]]), np.array([[6.0, 2.0]]))[0] == pytest.approx(
+        0.0, abs=1e-7
+    )
     out = drift.js_distance(np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([1.0, 1.0]))
     assert np.isnan(out[0]) and out[1] == pytest.approx(0.0, abs=1e-7)
 
@@ -83,7 +87,9 @@ def test_hist_std_never_zero():
 
 def test_noise_variance():
     mech = np.array(["laplace", "gaussian", None], dtype=object)
-    np.testing.assert_allclose(drift.noise_variance(mech, np.array([2.0, 3.0, 5.0])), [8.0, 9.0, 0.0])
+    np.testing.assert_allclose(
+        drift.noise_variance(mech, np.array([2.0, 3.0, 5.0])), [8.0, 9.0, 0.0]
+    )
 
 
 def test_denoise_and_normalize():
@@ -95,7 +101,9 @@ def test_denoise_and_normalize():
 @pytest.mark.parametrize("d", [1, 2, 5, 9, 30, 200])
 def test_wilson_hilferty_chi2_quantile(d):
     for q in (0.99, 0.999):
-        assert drift.chi2_quantile_wh(q, np.array([d]))[0] == pytest.approx(chi2.ppf(q, d), rel=0.04)
+        assert drift.chi2_quantile_wh(q, np.array([d]))[0] == pytest.approx(
+            chi2.ppf(q, d), rel=0.04
+        )
 
 
 def test_top_movers():
@@ -132,7 +140,9 @@ def test_null_quantiles_bound_false_alarms(noise, alpha_dir):
     scale = drift.hist_std(ref, edges)
     eps = drift.psi_smoothing(nc, nr, v, vr)
     rates = {
-        "js": np.mean(drift.js_distance(ref, cur) ** 2 > drift.js_null_quantile(m, nc, nr, v, vr, alpha)),
+        "js": np.mean(
+            drift.js_distance(ref, cur) ** 2 > drift.js_null_quantile(m, nc, nr, v, vr, alpha)
+        ),
         "psi": np.mean(drift.psi(ref, cur, eps) > drift.psi_null_quantile(m, nc, nr, v, vr, alpha)),
         "ks": np.mean(drift.ks_hist(ref, cur) > drift.ks_null_quantile(m, nc, nr, v, vr, alpha)),
         "w": np.mean(

@@ -16,7 +16,9 @@ def test_status_counts_and_ratio():
 
 
 def test_dropout_streaks_and_stragglers():
-    s = participation.dropout_streaks(np.array([0, 2, 5, 1]), np.array([1, 1, 0, 0], bool), np.array([0, 0, 1, 0], bool))
+    s = participation.dropout_streaks(
+        np.array([0, 2, 5, 1]), np.array([1, 1, 0, 0], bool), np.array([0, 0, 1, 0], bool)
+    )
     assert s.tolist() == [1, 3, 0, 1]
     t = np.full(20, 10.0) * np.exp(np.linspace(-0.1, 0.1, 20))
     t[3] = 100.0
@@ -30,7 +32,9 @@ def test_stagnation_and_jumps():
     assert health.stagnation(falling, 10) > 0.2
     assert health.stagnation(np.r_[falling, np.full(10, falling[-1])], 10) == pytest.approx(0.0)
     assert health.loss_jump_ratio(2.0, np.array([1.0, 1.0, 1.0])) == 2.0
-    assert health.loss_jump_ratio(float("nan"), np.ones(3)) != health.loss_jump_ratio(float("nan"), np.ones(3))
+    assert health.loss_jump_ratio(float("nan"), np.ones(3)) != health.loss_jump_ratio(
+        float("nan"), np.ones(3)
+    )
     assert health.loss_jump_ratio(float("inf"), np.ones(3)) == math.inf
 
 
@@ -56,7 +60,9 @@ def test_epsilon_equals_stepwise_accountant():
     acct = RDPAccountant()
     for _ in range(37):
         acct.step(noise_multiplier=1.3, sample_rate=0.05)
-    assert privacy.dp_fedavg_epsilon(1.3, 0.05, 37, 1e-6) == pytest.approx(acct.get_epsilon(1e-6), rel=1e-12)
+    assert privacy.dp_fedavg_epsilon(1.3, 0.05, 37, 1e-6) == pytest.approx(
+        acct.get_epsilon(1e-6), rel=1e-12
+    )
     assert privacy.dp_fedavg_epsilon(1.0, 0.1, 0, 1e-5) == 0.0
     assert privacy.dp_fedavg_epsilon(0.0, 0.1, 3, 1e-5) == math.inf
     assert privacy.budget_share(4.0, 8.0) == 0.5 and math.isnan(privacy.budget_share(4.0, None))
