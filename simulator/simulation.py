@@ -20,6 +20,7 @@ statistics.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from simulator import faults as F
 from simulator.baselines import centralized_epochs, train_centralized, train_local_baselines
 from simulator.data import Dataset, load_dataset
 from simulator.dp import PrivacyLedger, clip_updates, dp_aggregate
-from simulator.models import Params, flatten, flatten_stacked, get_params, make_model, num_params, unflatten
+from simulator.models import Params, flatten, get_params, make_model, num_params, unflatten
 from simulator.partition import make_partition, split_held_out
 from simulator.scenario import Scenario
 from simulator.stats import (
@@ -282,6 +283,17 @@ class Simulation:
         return np.sort(rng.choice(n, size=m, replace=False)).tolist()
 
     def run_round(self, r: int) -> RoundOutput:
+        # Building thousands of nested report lists trips the cyclic GC over and over
+        # (every container allocation counts); none of them form cycles, so pause it.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run_round(r)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _run_round(self, r: int) -> RoundOutput:
         s, fed, seed = self.scenario, self.fed, self.scenario.seed
         sampled = self.sample(r)
         trainers: list[int] = []
@@ -322,7 +334,7 @@ class Simulation:
             local = train(
                 s.engine, self.model, self.global_params, X, Y, schedule, lr=s.lr, mu=s.effective_mu
             )
-            deltas = flatten_stacked(local.params) - flatten(self.global_params)
+            deltas = local.flat - flatten(self.global_params)
             train_seconds = time.perf_counter() - t0
             train_loss = local.train_loss()
             train_acc = local.train_accuracy()
@@ -375,6 +387,8 @@ class Simulation:
             norms_l, sketches_l = norms.tolist(), sketches.tolist()
             tl_l, ta_l = train_loss.tolist(), train_acc.tolist()
             el_l, eh_l, ec_l = ev_loss.tolist(), ev_hits.tolist(), ev_count.tolist()
+            if not s.histogram_noise:  # counts: small Python ints are cached, floats are not
+                lab, feat = lab.astype(np.int64), feat.astype(np.int64)
             lab_l, feat_l = lab.tolist(), feat.tolist()
             for i, k in enumerate(trainers):
                 factor = F.wall_time_factor(self.plan.active(k, r, ("straggler",)))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from simulator.models import Params, stack
+from simulator.models import Params, flatten, flatten_stacked
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Schedule:
     """Which rows each client uses at each local step.
 
     ``idx[k, s, j]`` is a row of the round's data tensor; ``weight[k, s, j]`` is 1
-    for a real row and 0 for padding; ``steps[k]`` is client k's number of steps
+    for a real row and 0 for padding (the batch axis is ``min(batch_size, max n_k)`` wide); ``steps[k]`` is client k's number of steps
     (``epochs * ceil(n_k / batch_size)``).
     """
 
@@ -53,7 +53,8 @@ class Schedule:
 class LocalTraining:
     """What local training produced, per client (rows in the order of the schedule)."""
 
-    params: Params  # {name: [K, ...]}
+    params: Params  # {name: [K, ...]}, views into ``flat``
+    flat: torch.Tensor  # [K, P] every client's parameters, flattened in named_parameters() order
     loss_sum: torch.Tensor  # [K] sum of per-example CE over every step (running, as clients log it)
     correct: torch.Tensor  # [K] correct predictions over every step
     seen: torch.Tensor  # [K] examples processed (epochs * n_k)
@@ -84,8 +85,10 @@ def make_schedule(sizes: np.ndarray, epochs: int, batch_size: int, keys: np.ndar
     batches = -(-sizes // batch_size)
     steps = epochs * batches
     max_steps = int(steps.max()) if k_clients else 0
-    idx = np.zeros((k_clients, max_steps, batch_size), dtype=np.int64)
-    weight = np.zeros((k_clients, max_steps, batch_size), dtype=np.float32)
+    # no client fills more than min(batch_size, n_max) slots: pad only that far
+    width = int(min(batch_size, sizes.max())) if k_clients else batch_size
+    idx = np.zeros((k_clients, max_steps, width), dtype=np.int64)
+    weight = np.zeros((k_clients, max_steps, width), dtype=np.float32)
     client_of = np.repeat(np.arange(k_clients), sizes)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     pos = np.arange(total) - offsets[client_of]
@@ -96,6 +99,16 @@ def make_schedule(sizes: np.ndarray, epochs: int, batch_size: int, keys: np.ndar
         idx[client_of, step, slot] = order
         weight[client_of, step, slot] = 1.0
     return Schedule(torch.from_numpy(idx), torch.from_numpy(weight), torch.from_numpy(steps))
+
+
+def _views(flat: torch.Tensor, like: Params) -> Params:
+    """``{name: [K, *shape]}`` views into the columns of ``flat`` ``[K, P]``."""
+    out: Params = {}
+    start = 0
+    for name, p in like.items():
+        out[name] = flat[:, start : start + p.numel()].view(flat.shape[0], *p.shape)
+        start += p.numel()
+    return out
 
 
 def _prox(params: Params, anchor: Params) -> torch.Tensor:
@@ -115,9 +128,12 @@ def train_batched(
     """All clients of ``schedule`` at once with ``vmap(grad(L))`` over stacked parameters."""
     k_clients = schedule.num_clients
     steps = schedule.steps
-    order = torch.argsort(-steps, stable=True)
+    order = torch.from_numpy(np.argsort(-steps.numpy(), kind="stable"))
     idx, weight, steps_sorted = schedule.idx[order], schedule.weight[order], steps[order]
-    params = stack(global_params, k_clients)
+    # one [K, P] buffer; the per-parameter tensors are views into it, so updates land in
+    # place and the flat deltas need no concatenation afterwards
+    flat = flatten(global_params).repeat(k_clients, 1)
+    params = _views(flat, global_params)
     loss_sum = torch.zeros(k_clients)
     correct = torch.zeros(k_clients)
 
@@ -141,13 +157,15 @@ def train_batched(
             view = {n: p[:a] for n, p in params.items()}
             grads, (ls, hits) = step_all(view, X[rows], Y[rows], weight[:a, s])
             for n, p in params.items():
-                p[:a].sub_(lr * grads[n])
+                p[:a].sub_(grads[n], alpha=lr)
             loss_sum[:a] += ls
             correct[:a] += hits
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(k_clients)
+    flat = flat[inverse]
     return LocalTraining(
-        params={n: p[inverse] for n, p in params.items()},
+        params=_views(flat, global_params),
+        flat=flat,
         loss_sum=loss_sum[inverse],
         correct=correct[inverse],
         seen=weight.sum(dim=(1, 2))[inverse],
@@ -189,8 +207,11 @@ def train_sequential(
                 correct[k] += (logits.argmax(dim=1) == Y[rows]).sum()
         for n, p in named.items():
             out[n].append(p.detach().clone())
-    params = {n: torch.stack(v) if v else global_params[n].new_zeros((0, *global_params[n].shape)) for n, v in out.items()}
-    return LocalTraining(params, loss_sum, correct, schedule.weight.sum(dim=(1, 2)))
+    params = {
+        n: torch.stack(v) if v else global_params[n].new_zeros((0, *global_params[n].shape))
+        for n, v in out.items()
+    }
+    return LocalTraining(params, flatten_stacked(params), loss_sum, correct, schedule.weight.sum(dim=(1, 2)))
 
 
 def train(engine: str, *args, **kwargs) -> LocalTraining:
