@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -16,7 +17,29 @@ from monitor.settings import Settings
 console = Console(stderr=True)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose heavy subcommands (torch, the simulator) are imported only when run.
+
+    ``fedsentinel serve`` must not pay for PyTorch: each entry of
+    ``LAZY_COMMANDS`` maps a command name to ``"module:attribute"``.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+LAZY_COMMANDS: dict[str, str] = {
+    "simulate": "simulator.cli:simulate",
+}
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="fedsentinel")
 def main() -> None:
     """fedsentinel: observability for federated learning."""
@@ -167,10 +190,3 @@ def _progress() -> Progress:
     )
 
 
-def _register_plugins() -> None:
-    from simulator.cli import simulate
-
-    main.add_command(simulate)
-
-
-_register_plugins()
