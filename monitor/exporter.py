@@ -407,7 +407,8 @@ class DomainCollector(Collector):
             fam = gauge(name, f"Quantile q of the {what} over the latest round's clients.", ["run", "q"])
             values = scores.client_scores.get(key) if scores else None
             finite = values[~np.isnan(values)] if values is not None else np.empty(0)
-            qs = np.quantile(finite, QUANTILES) if finite.size else [math.nan] * len(QUANTILES)
+            with np.errstate(invalid="ignore"):  # +Inf scores (non-finite clients) stay +Inf
+                qs = np.quantile(finite, QUANTILES) if finite.size else [math.nan] * len(QUANTILES)
             for q, v in zip(QUANTILES, qs, strict=True):
                 fam.add_metric([run.run_id, f"{q:g}"], float(v))
 
