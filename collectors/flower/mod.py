@@ -1,0 +1,215 @@
+"""The client side: a Flower Mod that adds the client's statistics to its train replies.
+
+::
+
+    app = ClientApp(mods=[monitor_mod(data=my_local_data, evaluate=my_evaluate)])
+
+On a train instruction that carries fedsentinel's run settings (added by
+:class:`~collectors.flower.MonitoredStrategy`), the mod
+
+1. takes the settings out of the message (the user's code sees the message it
+   would see without monitoring),
+2. evaluates the received global model on the client's held-out data
+   (``evaluate``, optional),
+3. runs the user's train function (``call_next``) and times it,
+4. computes the label histogram, the feature histograms on the run's shared
+   bin edges and the L2 norm of the update (reply arrays minus received arrays),
+5. puts them in the reply as a ``ConfigRecord`` (see :mod:`collectors.flower.records`).
+
+Without those settings (an unwrapped strategy) the mod only passes the message
+on. A failure inside the mod is logged and the reply goes back without
+statistics; exceptions of the user's own code are not touched.
+
+The mod imports nothing but numpy and flwr, so it adds no start-up time to
+simulation workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+
+from collectors.flower.records import RECORD_KEY, decode_edges, flatten_arrays
+
+log = logging.getLogger("fedsentinel.flower")
+
+TRAIN_LOSS_KEYS = ("train_loss", "loss")
+TRAIN_ACCURACY_KEYS = ("train_acc", "train_accuracy", "accuracy")
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A client's local data as the mod needs it: features ``[n, d]`` and integer labels ``[n]``."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_heldout: np.ndarray | None = None
+    y_heldout: np.ndarray | None = None
+
+
+DataFn = Callable[[Context, int], LocalData]
+"""``(context, server_round) -> LocalData``: the data this client trains on in that round."""
+EvaluateFn = Callable[[ArrayRecord, np.ndarray, np.ndarray], tuple[float, float]]
+"""``(global arrays, X_heldout, y_heldout) -> (loss, accuracy)``."""
+
+
+def label_histogram(y: np.ndarray, num_classes: int) -> np.ndarray:
+    y = np.asarray(y, dtype=np.int64)
+    y = y[(y >= 0) & (y < num_classes)]
+    return np.bincount(y, minlength=num_classes).astype(np.float64)
+
+
+def feature_histograms(X: np.ndarray, edges: list[np.ndarray]) -> list[np.ndarray]:
+    """Per feature, counts on the shared edges.
+
+    The binning of :func:`simulator.stats.feature_histograms` for one client
+    (left-closed bins, out-of-range values in the outer bins); written out here
+    so the mod does not import the simulator (and torch) into every worker.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out = []
+    for f, e in enumerate(edges):
+        nb = len(e) - 1
+        idx = np.clip(np.searchsorted(e, X[:, f], side="right") - 1, 0, nb - 1)
+        out.append(np.bincount(idx, minlength=nb).astype(np.float64))
+    return out
+
+
+def default_client_id(context: Context) -> str | None:
+    """``client-<partition-id>`` where the node config names a partition (simulation, most deployments)."""
+    pid = context.node_config.get("partition-id")
+    return None if pid is None else f"client-{pid}"
+
+
+def _first(records: Any) -> Any:
+    return next(iter(records.values()), None) if records else None
+
+
+def _metric(metrics: Any, keys: tuple[str, ...]) -> float | None:
+    if metrics is None:
+        return None
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+class MonitorMod:
+    """The mod object (picklable, so simulation workers receive it with the ``ClientApp``)."""
+
+    def __init__(
+        self,
+        data: DataFn,
+        evaluate: EvaluateFn | None = None,
+        *,
+        client_id: Callable[[Context], str | None] = default_client_id,
+    ) -> None:
+        self.data = data
+        self.evaluate = evaluate
+        self.client_id = client_id
+
+    def __call__(
+        self, message: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if not message.has_content() or RECORD_KEY not in message.content:
+            return call_next(message, context)
+        settings = message.content.pop(RECORD_KEY)
+        if message.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+            return call_next(message, context)
+
+        stats: dict[str, Any] = {}
+        before: tuple[np.ndarray | None, list[str]] | None = None
+        try:
+            before = self._before(message, context, settings, stats)
+        except Exception:  # noqa: BLE001 - monitoring never breaks training
+            log.exception("fedsentinel mod: statistics before training failed")
+
+        started = time.perf_counter()
+        reply = call_next(message, context)
+        stats["wall_time_seconds"] = time.perf_counter() - started
+        if reply.has_error() or not reply.has_content():
+            return reply
+
+        try:
+            self._after(reply, before, stats)
+            reply.content[RECORD_KEY] = ConfigRecord(stats)
+        except Exception:  # noqa: BLE001
+            log.exception("fedsentinel mod: statistics after training failed")
+        return reply
+
+    def _before(
+        self, message: Message, context: Context, settings: Any, stats: dict[str, Any]
+    ) -> tuple[np.ndarray | None, list[str]]:
+        cid = self.client_id(context)
+        if cid:
+            stats["client_id"] = str(cid)
+        server_round = int(settings.get("round", 0))
+        data = self.data(context, server_round)
+        num_classes = int(settings["num_classes"])
+        stats["num_examples"] = len(data.y_train)
+        stats["label_histogram"] = label_histogram(data.y_train, num_classes).tolist()
+        lengths = list(settings.get("edge_lengths") or [])
+        if lengths:
+            edges = decode_edges(settings["edges"], lengths)
+            hists = feature_histograms(data.X_train, edges)
+            stats["feature_histograms"] = np.concatenate(hists).tolist()
+
+        global_arrays = _first(message.content.array_records)
+        if (
+            self.evaluate is not None
+            and global_arrays is not None
+            and data.y_heldout is not None
+            and len(data.y_heldout)
+        ):
+            loss, accuracy = self.evaluate(global_arrays, data.X_heldout, data.y_heldout)
+            stats["eval_loss"] = float(loss)
+            stats["eval_accuracy"] = float(accuracy)
+        if global_arrays is None:
+            return None, []
+        keys = list(global_arrays.keys())
+        return flatten_arrays(global_arrays, keys), keys
+
+    def _after(
+        self,
+        reply: Message,
+        before: tuple[np.ndarray | None, list[str]] | None,
+        stats: dict[str, Any],
+    ) -> None:
+        metrics = _first(reply.content.metric_records)
+        for name, keys in (
+            ("train_loss", TRAIN_LOSS_KEYS),
+            ("train_accuracy", TRAIN_ACCURACY_KEYS),
+        ):
+            value = _metric(metrics, keys)
+            if value is not None:
+                stats[name] = value
+        if before is None or before[0] is None:
+            return
+        global_vec, keys = before
+        arrays = _first(reply.content.array_records)
+        local_vec = None if arrays is None else flatten_arrays(arrays, keys)
+        if local_vec is not None and local_vec.shape == global_vec.shape:
+            stats["update_norm"] = float(np.linalg.norm(local_vec - global_vec))
+
+
+def monitor_mod(
+    data: DataFn,
+    evaluate: EvaluateFn | None = None,
+    *,
+    client_id: Callable[[Context], str | None] = default_client_id,
+) -> MonitorMod:
+    """Build the client-side mod; put it in ``ClientApp(mods=[...])``.
+
+    ``data(context, server_round)`` returns the client's :class:`LocalData`;
+    ``evaluate(arrays, X, y)`` returns ``(loss, accuracy)`` of a model given as an
+    ``ArrayRecord`` (the global model of the round, on held-out data). The client
+    id defaults to ``client-<partition-id>``; the server falls back to the node id.
+    """
+    return MonitorMod(data, evaluate, client_id=client_id)

@@ -1,0 +1,1 @@
+"""fedsentinel example: a Flower app on scikit-learn digits."""
