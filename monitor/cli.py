@@ -36,6 +36,7 @@ class LazyGroup(click.Group):
 
 LAZY_COMMANDS: dict[str, str] = {
     "simulate": "simulator.cli:simulate",
+    "evaluate": "monitor.evaluate_cli:evaluate",
 }
 
 
