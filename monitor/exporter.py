@@ -172,10 +172,7 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     if k <= 0 or scores.size == 0:
         return np.empty(0, dtype=np.int64)
     key = np.where(np.isnan(scores), -np.inf, scores)
-    if k < key.size:
-        part = np.argpartition(-key, k - 1)[:k]
-    else:
-        part = np.arange(key.size)
+    part = np.argpartition(-key, k - 1)[:k] if k < key.size else np.arange(key.size)
     order = np.lexsort((part, -key[part]))
     return part[order]
 
@@ -196,7 +193,9 @@ class _RunState:
 class DomainCollector(Collector):
     """Yields the ``fl_*`` families and the store-derived ``fedsentinel_*`` ones at each scrape."""
 
-    def __init__(self, store: Callable[[], Store], settings: Settings, cache_size: int = 64) -> None:
+    def __init__(
+        self, store: Callable[[], Store], settings: Settings, cache_size: int = 64
+    ) -> None:
         self._store = store
         self.settings = settings
         self._cache: OrderedDict[tuple[str, int, float], RoundScores] = OrderedDict()
@@ -253,11 +252,14 @@ class DomainCollector(Collector):
             return out[name]  # type: ignore[return-value]
 
         reports = CounterMetricFamily(
-            "fedsentinel_reports_ingested", "Client reports stored (duplicates not counted), from the store."
+            "fedsentinel_reports_ingested",
+            "Client reports stored (duplicates not counted), from the store.",
         )
         reports.add_metric([], float(sum(r.reports for r in runs)))
         out[reports.name] = reports
-        gauge("fedsentinel_runs_exported", "Runs exported by this scrape.").add_metric([], float(len(runs)))
+        gauge("fedsentinel_runs_exported", "Runs exported by this scrape.").add_metric(
+            [], float(len(runs))
+        )
 
         findings = self._open_findings(session, [r.run_id for r in runs])
         for run in runs:
@@ -285,7 +287,17 @@ class DomainCollector(Collector):
         ttl = self.settings.exporter_run_ttl_seconds
         horizon = (datetime.now(UTC) - timedelta(seconds=ttl)).timestamp() if ttl > 0 else -math.inf
         runs = []
-        for run_id, expected, last_closed_round, open_rounds, n_closed, reports, opened, closed_at, first in rows:
+        for (
+            run_id,
+            expected,
+            last_closed_round,
+            open_rounds,
+            n_closed,
+            reports,
+            opened,
+            closed_at,
+            first,
+        ) in rows:
             state = _RunState(
                 run_id=run_id,
                 expected_clients=int(expected),
@@ -316,9 +328,13 @@ class DomainCollector(Collector):
             out.setdefault(row[0], []).append(tuple(row[1:]))
         return out
 
-    def _scores(self, session: Session, run_id: str, before: int | None = None) -> RoundScores | None:
+    def _scores(
+        self, session: Session, run_id: str, before: int | None = None
+    ) -> RoundScores | None:
         """The latest analysed round's scores (or the latest before ``before``), cached decoded."""
-        q = select(RoundScoresRow.round, RoundScoresRow.created_at).where(RoundScoresRow.run_id == run_id)
+        q = select(RoundScoresRow.round, RoundScoresRow.created_at).where(
+            RoundScoresRow.run_id == run_id
+        )
         if before is not None:
             q = q.where(RoundScoresRow.round < before)
         head = session.execute(q.order_by(RoundScoresRow.round.desc()).limit(1)).first()
@@ -344,23 +360,28 @@ class DomainCollector(Collector):
         scores = self._scores(session, run.run_id)
         rs = scores.round_scores if scores else {}
 
-        gauge("fl_run_round", "Latest analysed round of the run (-1 before the first).", ["run"]).add_metric(
-            r, float(scores.round) if scores else -1.0
-        )
-        gauge("fl_run_last_closed_round", "Latest closed round of the run (-1 before the first).", ["run"]).add_metric(
-            r, float(run.last_closed_round) if run.last_closed_round is not None else -1.0
-        )
+        gauge(
+            "fl_run_round", "Latest analysed round of the run (-1 before the first).", ["run"]
+        ).add_metric(r, float(scores.round) if scores else -1.0)
+        gauge(
+            "fl_run_last_closed_round",
+            "Latest closed round of the run (-1 before the first).",
+            ["run"],
+        ).add_metric(r, float(run.last_closed_round) if run.last_closed_round is not None else -1.0)
         gauge("fl_run_open_rounds", "Rounds with reports but not yet closed.", ["run"]).add_metric(
             r, float(run.open_rounds)
         )
-        gauge("fl_run_expected_clients", "Clients the run was registered to expect.", ["run"]).add_metric(
-            r, float(run.expected_clients)
-        )
+        gauge(
+            "fl_run_expected_clients", "Clients the run was registered to expect.", ["run"]
+        ).add_metric(r, float(run.expected_clients))
         gauge(
             "fl_run_last_activity_timestamp_seconds",
             "Unix time of the run's latest round opening (first report) or closing.",
             ["run"],
-        ).add_metric(r, max(run.last_opened, run.last_closed) if not math.isnan(run.last_opened) else math.nan)
+        ).add_metric(
+            r,
+            max(run.last_opened, run.last_closed) if not math.isnan(run.last_opened) else math.nan,
+        )
         period = (
             (run.last_closed - run.first_opened) / run.rounds_closed
             if run.rounds_closed and not math.isnan(run.last_closed)
@@ -372,13 +393,17 @@ class DomainCollector(Collector):
             ["run"],
         ).add_metric(r, period)
         gauge(
-            "fl_run_analysis_duration_seconds", "Time the engine took to analyse the latest round.", ["run"]
+            "fl_run_analysis_duration_seconds",
+            "Time the engine took to analyse the latest round.",
+            ["run"],
         ).add_metric(r, scores.computed_seconds if scores else math.nan)
         for name, key, doc in RUN_SCORE_METRICS:
             gauge(name, doc, ["run"]).add_metric(r, float(rs.get(key, math.nan)))
 
         flagged = gauge(
-            "fl_run_clients_flagged", "Clients over threshold for a signal in the latest round.", ["run", "signal"]
+            "fl_run_clients_flagged",
+            "Clients over threshold for a signal in the latest round.",
+            ["run", "signal"],
         )
         for signal in FLAGGED_COUNTS:
             flagged.add_metric([run.run_id, signal], float(rs.get(f"clients_{signal}", math.nan)))
@@ -391,7 +416,11 @@ class DomainCollector(Collector):
             counts[(kind, severity)] = counts.get((kind, severity), 0) + 1
             if client_id is None and kind in streak and last_round == latest:
                 streak[kind] = max(streak[kind], last_round - first_round + 1)
-        fam = gauge("fl_run_findings_open", "Open findings by kind and severity.", ["run", "kind", "severity"])
+        fam = gauge(
+            "fl_run_findings_open",
+            "Open findings by kind and severity.",
+            ["run", "kind", "severity"],
+        )
         for (kind, severity), n in counts.items():
             fam.add_metric([run.run_id, kind, severity], float(n))
         fam = gauge(
@@ -404,7 +433,9 @@ class DomainCollector(Collector):
 
         # federation quantiles (always present)
         for name, key, what in QUANTILE_SCORES:
-            fam = gauge(name, f"Quantile q of the {what} over the latest round's clients.", ["run", "q"])
+            fam = gauge(
+                name, f"Quantile q of the {what} over the latest round's clients.", ["run", "q"]
+            )
             values = scores.client_scores.get(key) if scores else None
             finite = values[~np.isnan(values)] if values is not None else np.empty(0)
             with np.errstate(invalid="ignore"):  # +Inf scores (non-finite clients) stay +Inf
@@ -418,11 +449,13 @@ class DomainCollector(Collector):
             if f[2] is not None:
                 flagged_clients.setdefault(f[2], f[1])
         selected, total = self._select_clients(session, run.run_id, scores, flagged_clients)
-        gauge("fl_run_clients_exported", "Clients with per-client series in this scrape.", ["run"]).add_metric(
-            r, float(len(selected))
-        )
         gauge(
-            "fl_run_clients_cut", "Clients of the latest round left out of per-client series by the cap.", ["run"]
+            "fl_run_clients_exported", "Clients with per-client series in this scrape.", ["run"]
+        ).add_metric(r, float(len(selected)))
+        gauge(
+            "fl_run_clients_cut",
+            "Clients of the latest round left out of per-client series by the cap.",
+            ["run"],
         ).add_metric(r, float(max(total - len(selected), 0)))
         self._client_metrics(session, run.run_id, scores, selected, gauge)
 
@@ -439,7 +472,13 @@ class DomainCollector(Collector):
         position = {c: i for i, c in enumerate(ids)}
         flagged_idx = [position[c] for c in flagged if c in position]
         rank = {"critical": 0, "warning": 1, "info": 2}
-        flagged_idx.sort(key=lambda i: (rank.get(flagged[ids[i]], 3), -np.nan_to_num(anomaly[i], nan=-np.inf), ids[i]))
+        flagged_idx.sort(
+            key=lambda i: (
+                rank.get(flagged[ids[i]], 3),
+                -np.nan_to_num(anomaly[i], nan=-np.inf),
+                ids[i],
+            )
+        )
         chosen = list(dict.fromkeys(flagged_idx[: self.settings.exporter_max_clients]))
         taken = set(chosen)
         budget = min(k, max(self.settings.exporter_max_clients - len(chosen), 0))
@@ -448,7 +487,11 @@ class DomainCollector(Collector):
             previous = self._scores(session, run_id, before=scores.round)
             if previous is not None and previous.client_ids:
                 prev_anomaly = np.asarray(previous.client_scores.get("anomaly_score", []))
-                prev_top = {previous.client_ids[i] for i in _top(prev_anomaly, budget)} if prev_anomaly.size else set()
+                prev_top = (
+                    {previous.client_ids[i] for i in _top(prev_anomaly, budget)}
+                    if prev_anomaly.size
+                    else set()
+                )
             else:
                 prev_top = set()
             # keep last round's top-k while they stay within the current top-2k, then fill by rank
@@ -458,11 +501,24 @@ class DomainCollector(Collector):
             chosen.extend(int(i) for i in extra)
         return chosen, n
 
-    def _client_metrics(self, session: Session, run_id: str, scores: RoundScores | None, selected: list[int], gauge) -> None:  # type: ignore[no-untyped-def]
+    def _client_metrics(
+        self, session: Session, run_id: str, scores: RoundScores | None, selected: list[int], gauge
+    ) -> None:  # type: ignore[no-untyped-def]
         labels = ["run", "client"]
-        families = [(name, key, gauge(name, doc, labels)) for name, key, doc in CLIENT_SCORE_METRICS + STREAK_METRICS]
-        acc = gauge("fl_client_eval_accuracy_ratio", "Client's evaluation accuracy of the global model on its local held-out data.", labels)
-        loss = gauge("fl_client_eval_loss", "Client's evaluation loss of the global model on its local held-out data.", labels)
+        families = [
+            (name, key, gauge(name, doc, labels))
+            for name, key, doc in CLIENT_SCORE_METRICS + STREAK_METRICS
+        ]
+        acc = gauge(
+            "fl_client_eval_accuracy_ratio",
+            "Client's evaluation accuracy of the global model on its local held-out data.",
+            labels,
+        )
+        loss = gauge(
+            "fl_client_eval_loss",
+            "Client's evaluation loss of the global model on its local held-out data.",
+            labels,
+        )
         if scores is None or not selected:
             return
         ids = [scores.client_ids[i] for i in selected]
@@ -478,7 +534,11 @@ class DomainCollector(Collector):
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
             for client, a, lo in session.execute(
-                select(ClientReportRow.client_id, ClientReportRow.eval_accuracy, ClientReportRow.eval_loss).where(
+                select(
+                    ClientReportRow.client_id,
+                    ClientReportRow.eval_accuracy,
+                    ClientReportRow.eval_loss,
+                ).where(
                     ClientReportRow.run_id == run_id,
                     ClientReportRow.round == scores.round,
                     ClientReportRow.client_id.in_(part),
@@ -504,7 +564,9 @@ class _TelemetryView(Collector):
                 yield family
 
 
-def metrics_registry(telemetry_registry: CollectorRegistry, store: Callable[[], Store], settings: Settings) -> CollectorRegistry:
+def metrics_registry(
+    telemetry_registry: CollectorRegistry, store: Callable[[], Store], settings: Settings
+) -> CollectorRegistry:
     """The registry ``/metrics`` serves: telemetry (per worker) + the domain collector (from the store).
 
     The telemetry's per-worker ``fedsentinel_reports_ingested`` is replaced by

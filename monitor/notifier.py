@@ -43,7 +43,9 @@ def _fingerprint(run_id: str, kind: str, client_id: str | None) -> str:
     return hashlib.sha256(f"{run_id}\0{kind}\0{client_id or ''}".encode()).hexdigest()[:16]
 
 
-def findings_payload(run_id: str, findings: Sequence[FindingRecord], now: datetime | None = None) -> dict[str, Any]:
+def findings_payload(
+    run_id: str, findings: Sequence[FindingRecord], now: datetime | None = None
+) -> dict[str, Any]:
     """An Alertmanager v4 webhook body with one firing alert per finding."""
     now = now or datetime.now(UTC)
     alerts = []

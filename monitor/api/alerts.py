@@ -139,10 +139,15 @@ def get_alerts(
     """Alert notifications received by the webhook, newest first."""
     items, total = list_alerts(
         session,
-        AlertFilter(run_id=run, client_id=client, alertname=alertname, status=status_, severity=severity),
+        AlertFilter(
+            run_id=run, client_id=client, alertname=alertname, status=status_, severity=severity
+        ),
         paging.offset,
         paging.limit,
     )
     return Page[AlertOut](
-        items=[AlertOut(**item) for item in items], total=total, offset=paging.offset, limit=paging.limit
+        items=[AlertOut(**item) for item in items],
+        total=total,
+        offset=paging.offset,
+        limit=paging.limit,
     )

@@ -32,7 +32,9 @@ ALERTMANAGER_BIN = "prometheus-alertmanager"
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or (shutil.which("alertmanager") if name == ALERTMANAGER_BIN else None)
+    found = shutil.which(name) or (
+        shutil.which("alertmanager") if name == ALERTMANAGER_BIN else None
+    )
     if found is None:
         message = f"{name} is not installed (Debian packages prometheus, prometheus-alertmanager)"
         if os.environ.get("CI"):
@@ -124,7 +126,9 @@ def prometheus_config(
         job["static_configs"] = [{"targets": [_hostport(service_url)]}]
     config["scrape_configs"] = jobs
     if alertmanager_url:
-        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [_hostport(alertmanager_url)]}]}]
+        config["alerting"]["alertmanagers"] = [
+            {"static_configs": [{"targets": [_hostport(alertmanager_url)]}]}
+        ]
     else:
         config.pop("alerting", None)
     return config
@@ -135,7 +139,11 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
     config = yaml.safe_load((DASHBOARDS / "alertmanager" / "alertmanager.yml").read_text())
 
     def shorten(route: dict[str, Any]) -> None:
-        for key, value in (("group_wait", "1s"), ("group_interval", "1s"), ("repeat_interval", "1m")):
+        for key, value in (
+            ("group_wait", "1s"),
+            ("group_interval", "1s"),
+            ("repeat_interval", "1m"),
+        ):
             if key in route or route is config["route"]:
                 route[key] = value
         for child in route.get("routes", []):
@@ -181,7 +189,9 @@ def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., Alertmanager]
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     started: list[Prometheus] = []
 
-    def start(service_url: str, alertmanager_url: str | None = None, interval: str = "1s") -> Prometheus:
+    def start(
+        service_url: str, alertmanager_url: str | None = None, interval: str = "1s"
+    ) -> Prometheus:
         binary = _binary(PROMETHEUS_BIN)
         port = free_port()
         root = tmp_path / f"prometheus-{port}"
@@ -206,7 +216,9 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
             prom.stop()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition"
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

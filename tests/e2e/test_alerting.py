@@ -54,28 +54,44 @@ def test_label_drift_alert_reaches_the_webhook_and_a_healthy_run_stays_quiet(
                                              "alertname": "FLClientDataDrift", "status": "firing"}).json()  # fmt: skip
         return page["items"]
 
-    items = wait_for(drift_alert, timeout=60, what="FLClientDataDrift for run drifting, client c003 at the webhook")
+    items = wait_for(
+        drift_alert,
+        timeout=60,
+        what="FLClientDataDrift for run drifting, client c003 at the webhook",
+    )
     alert = items[-1]
     assert alert["severity"] == "warning"
     assert alert["labels"]["job"] == "fedsentinel"
     assert alert["receiver"] == "fedsentinel-webhook"
-    assert alert["annotations"]["summary"].startswith(f"Run drifting: client {DRIFTING_CLIENT} data drifted for")
+    assert alert["annotations"]["summary"].startswith(
+        f"Run drifting: client {DRIFTING_CLIENT} data drifted for"
+    )
     assert alert["annotations"]["runbook_url"] == "docs/alerts.md#flclientdatadrift"
     assert alert["fingerprint"] and alert["starts_at"] and alert["ends_at"] is None
 
     # The healthy run's final round was scraped and evaluated all along: no alert of any kind for it.
     assert float(prometheus.query('fl_run_round{run="healthy"}')[0]["value"][1]) == ROUNDS
-    assert prometheus.query('fl_client_drift_streak_rounds{run="healthy"}'), "healthy clients are exported"
-    assert prometheus.query('max(fl_client_drift_streak_rounds{run="healthy"})')[0]["value"][1] == "0"
+    assert prometheus.query('fl_client_drift_streak_rounds{run="healthy"}'), (
+        "healthy clients are exported"
+    )
+    assert (
+        prometheus.query('max(fl_client_drift_streak_rounds{run="healthy"})')[0]["value"][1] == "0"
+    )
     assert [a for a in prometheus.alerts() if a["labels"].get("run") == "healthy"] == []
     healthy = httpx.get(alerts_api, params={"run": "healthy"}).json()
     assert healthy["total"] == 0, healthy["items"]
     # Only the drifting client alerts in the drifting run.
-    clients = {a["labels"].get("client") for a in prometheus.alerts() if a["labels"].get("run") == "drifting"}
+    clients = {
+        a["labels"].get("client")
+        for a in prometheus.alerts()
+        if a["labels"].get("run") == "drifting"
+    }
     assert clients <= {DRIFTING_CLIENT, None}, clients
 
     # The live scrape, with two runs in it, is lint-clean.
     if shutil.which("promtool"):
         text = httpx.get(f"{service.url}/metrics").text
-        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        lint = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+        )
         assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -18,7 +18,9 @@ def client_ids(n: int) -> list[str]:
 
 
 def add_run(session: Session, run_id: str, expected: int) -> None:
-    session.add(RunRow(run_id=run_id, config_json="{}", config_hash="0" * 64, expected_clients=expected))
+    session.add(
+        RunRow(run_id=run_id, config_json="{}", config_hash="0" * 64, expected_clients=expected)
+    )
     session.flush()
 
 
@@ -38,7 +40,12 @@ def add_round(
     scores = {name: np.zeros(n) for name in SCORE_NAMES}
     scores["anomaly_score"] = np.asarray(anomaly, dtype=np.float64)
     scores.update(overrides or {})
-    rs = {"participation_ratio": 1.0, "accuracy_mean": 0.8, "global_eval_loss": 0.5, "reports": float(n)}
+    rs = {
+        "participation_ratio": 1.0,
+        "accuracy_mean": 0.8,
+        "global_eval_loss": 0.5,
+        "reports": float(n),
+    }
     rs.update(round_scores or {})
     save_round_scores(
         session,

@@ -18,7 +18,10 @@ def notification(status: str = "firing", **labels: str) -> dict[str, Any]:
             {
                 "status": status,
                 "labels": alert_labels,
-                "annotations": {"summary": "Run r1: client c7 data drifted for 3 rounds", "runbook_url": "docs/alerts.md#flclientdatadrift"},
+                "annotations": {
+                    "summary": "Run r1: client c7 data drifted for 3 rounds",
+                    "runbook_url": "docs/alerts.md#flclientdatadrift",
+                },
                 "startsAt": "2026-01-24T06:00:00.123Z",
                 "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-01-24T06:05:00Z",
                 "generatorURL": "http://prometheus:9090/graph?g0.expr=...",
@@ -36,7 +39,10 @@ def notification(status: str = "firing", **labels: str) -> dict[str, Any]:
 
 
 def test_webhook_stores_firing_then_resolved_and_lists_them(api) -> None:  # type: ignore[no-untyped-def]
-    assert api.post(f"{API}/alerts/webhook", json=notification()).json() == {"stored": 1, "truncated_alerts": 0}
+    assert api.post(f"{API}/alerts/webhook", json=notification()).json() == {
+        "stored": 1,
+        "truncated_alerts": 0,
+    }
     api.post(f"{API}/alerts/webhook", json=notification(client="c8"))
     api.post(f"{API}/alerts/webhook", json=notification("resolved"))
     page = api.get(f"{API}/alerts", params={"run": "r1", "client": "c7"}).json()
@@ -64,16 +70,25 @@ def test_webhook_rejects_a_malformed_body(api) -> None:  # type: ignore[no-untyp
 
 
 def test_webhook_needs_write_scope_or_the_webhook_token(app_factory) -> None:  # type: ignore[no-untyped-def]
-    api = app_factory(
-        api_keys={"w": ["write"], "r": ["read"]}, alert_webhook_token="am-secret"
-    )
+    api = app_factory(api_keys={"w": ["write"], "r": ["read"]}, alert_webhook_token="am-secret")
     url = f"{API}/alerts/webhook"
     assert api.post(url, json=notification()).status_code == 401
-    assert api.post(url, json=notification(), headers={"Authorization": "Bearer r"}).status_code == 403
-    assert api.post(url, json=notification(), headers={"Authorization": "Bearer w"}).status_code == 200
-    assert api.post(url, json=notification(), headers={"Authorization": "Bearer am-secret"}).status_code == 200
+    assert (
+        api.post(url, json=notification(), headers={"Authorization": "Bearer r"}).status_code == 403
+    )
+    assert (
+        api.post(url, json=notification(), headers={"Authorization": "Bearer w"}).status_code == 200
+    )
+    assert (
+        api.post(
+            url, json=notification(), headers={"Authorization": "Bearer am-secret"}
+        ).status_code
+        == 200
+    )
     # the webhook token is for the webhook only
-    assert api.get(f"{API}/alerts", headers={"Authorization": "Bearer am-secret"}).status_code == 401
+    assert (
+        api.get(f"{API}/alerts", headers={"Authorization": "Bearer am-secret"}).status_code == 401
+    )
     listing = api.get(f"{API}/alerts", headers={"X-API-Key": "r"})
     assert listing.status_code == 200 and listing.json()["total"] == 2
 
@@ -81,5 +96,7 @@ def test_webhook_needs_write_scope_or_the_webhook_token(app_factory) -> None:  #
 def test_token_alone_protects_the_webhook_of_an_open_service(app_factory) -> None:  # type: ignore[no-untyped-def]
     api = app_factory(alert_webhook_token="am-secret")
     assert api.post(f"{API}/alerts/webhook", json=notification()).status_code == 401
-    ok = api.post(f"{API}/alerts/webhook", json=notification(), headers={"Authorization": "Bearer am-secret"})
+    ok = api.post(
+        f"{API}/alerts/webhook", json=notification(), headers={"Authorization": "Bearer am-secret"}
+    )
     assert ok.status_code == 200

@@ -42,7 +42,9 @@ def value(samples: dict[str, list], name: str, **labels: str) -> float:
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     if shutil.which("promtool") is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
-    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_real_scrape_passes_promtool_check_metrics(api, store: Store) -> None:  # type: ignore[no-untyped-def]
@@ -62,8 +64,14 @@ def test_real_scrape_passes_promtool_check_metrics(api, store: Store) -> None:  
             assert line.split()[2].endswith("_total")
     assert value(samples, "fl_run_round", run="r1") == 2
     assert value(samples, "fl_run_signal_streak_rounds", run="r1", kind="fairness_regression") == 2
-    assert value(samples, "fl_run_findings_open", run="r1", kind="label_drift", severity="critical") == 1
-    assert value(samples, "fl_run_findings_open", run="r1", kind="label_drift", severity="warning") == 0
+    assert (
+        value(samples, "fl_run_findings_open", run="r1", kind="label_drift", severity="critical")
+        == 1
+    )
+    assert (
+        value(samples, "fl_run_findings_open", run="r1", kind="label_drift", severity="warning")
+        == 0
+    )
     assert "fedsentinel_http_request_duration_seconds_bucket" in samples
 
 
@@ -93,16 +101,18 @@ def test_ten_thousand_clients_export_only_the_cap_plus_flagged(app_factory, stor
     assert value(samples, "fl_client_anomaly_score", run="big", client=ids[123]) == float("inf")
     # federation quantiles always there, computed over every client
     finite = anomaly[np.isfinite(anomaly) | np.isinf(anomaly)]
-    assert value(samples, "fl_run_client_anomaly_score_quantile", run="big", q="0.5") == pytest.approx(
-        float(np.quantile(finite, 0.5))
-    )
+    assert value(
+        samples, "fl_run_client_anomaly_score_quantile", run="big", q="0.5"
+    ) == pytest.approx(float(np.quantile(finite, 0.5)))
     per_client_series = sum(len(samples.get(name, [])) for name in PER_CLIENT)
     assert per_client_series == len(PER_CLIENT) * (k + 1)
     assert value(samples, "fedsentinel_exporter_series") < 3000
     assert elapsed < 5.0
 
 
-def test_previous_top_clients_keep_their_place_while_in_the_top_2k(app_factory, store: Store) -> None:  # type: ignore[no-untyped-def]
+def test_previous_top_clients_keep_their_place_while_in_the_top_2k(
+    app_factory, store: Store
+) -> None:  # type: ignore[no-untyped-def]
     n, k = 100, 5
     ids = client_ids(n)
     first = np.linspace(1.0, 0.0, n)  # round 1: c00000..c00004 on top
@@ -130,7 +140,9 @@ def test_scores_and_streaks_are_exported_per_client(app_factory, store: Store) -
         )  # fmt: skip
     _, samples = scrape(app_factory())
     assert value(samples, "fl_client_drift_streak_rounds", run="r", client=ids[1]) == 4
-    assert value(samples, "fl_client_label_drift_distance", run="r", client=ids[1]) == pytest.approx(0.61)
+    assert value(
+        samples, "fl_client_label_drift_distance", run="r", client=ids[1]
+    ) == pytest.approx(0.61)
     assert np.isnan(value(samples, "fl_client_label_drift_distance", run="r", client=ids[3]))
     assert value(samples, "fl_run_privacy_budget_spent_ratio", run="r") == pytest.approx(0.85)
     assert np.isnan(value(samples, "fl_run_centralized_gap_ratio", run="r"))
@@ -147,9 +159,9 @@ def test_every_worker_reports_the_stores_count(app_factory) -> None:  # type: ig
         assert value(samples, "fedsentinel_reports_ingested_total") == 3
         assert value(samples, "fl_run_last_closed_round", run="run-1") == 1
         assert value(samples, "fl_run_open_rounds", run="run-1") == 0
-        assert value(samples, "fl_run_last_activity_timestamp_seconds", run="run-1") == pytest.approx(
-            time.time(), abs=120
-        )
+        assert value(
+            samples, "fl_run_last_activity_timestamp_seconds", run="run-1"
+        ) == pytest.approx(time.time(), abs=120)
 
 
 def test_an_unreadable_store_gives_store_up_zero_not_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

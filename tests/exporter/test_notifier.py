@@ -96,7 +96,9 @@ def test_retries_server_errors_then_delivers(receiver) -> None:  # type: ignore[
 
 
 def test_gives_up_without_raising_when_nobody_listens() -> None:
-    notifier = WebhookNotifier(f"http://127.0.0.1:{free_port()}/hook", max_retries=2, backoff_base_seconds=0.01)
+    notifier = WebhookNotifier(
+        f"http://127.0.0.1:{free_port()}/hook", max_retries=2, backoff_base_seconds=0.01
+    )
     notifier.notify("run-1", [finding()])
     notifier.close()
     assert (notifier.sent, notifier.failed) == (0, 1)

@@ -43,7 +43,9 @@ def test_promtool_check_config() -> None:
 
 
 def test_promtool_test_rules() -> None:
-    result = tool("promtool", "test", "rules", *[p.name for p in RULE_TESTS], cwd=PROMETHEUS / "tests")
+    result = tool(
+        "promtool", "test", "rules", *[p.name for p in RULE_TESTS], cwd=PROMETHEUS / "tests"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS)
 
@@ -54,7 +56,9 @@ def test_every_alert_has_a_firing_and_a_quiet_test_and_a_runbook() -> None:
     for path in RULE_TESTS:
         doc = yaml.safe_load(path.read_text())
         for test in doc["tests"]:
-            assert "interval" in test, f"{path.name}: {test.get('name')} needs interval: (promtool 2.42)"
+            assert "interval" in test, (
+                f"{path.name}: {test.get('name')} needs interval: (promtool 2.42)"
+            )
             for case in test.get("alert_rule_test", []):
                 (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
     names = alert_names()
@@ -69,7 +73,9 @@ def test_every_alert_has_a_firing_and_a_quiet_test_and_a_runbook() -> None:
             assert {"summary", "description", "runbook_url"} <= set(notes)
             anchor = notes["runbook_url"].split("#", 1)[1]
             assert anchor == rule["alert"].lower()
-            assert f"## {rule['alert']}\n" in runbook, f"docs/alerts.md lacks a section for {rule['alert']}"
+            assert f"## {rule['alert']}\n" in runbook, (
+                f"docs/alerts.md lacks a section for {rule['alert']}"
+            )
 
 
 def test_amtool_check_config() -> None:
@@ -83,5 +89,9 @@ def test_alertmanager_routes_to_the_services_webhook() -> None:
     hooks = [h["url"] for r in config["receivers"] for h in r.get("webhook_configs", [])]
     assert "http://fedsentinel:8080/api/v1/alerts/webhook" in hooks
     assert {"run", "client"} <= set(config["route"]["group_by"])
-    nonfinite = [r for r in config["inhibit_rules"] if 'alertname="FLClientNonFiniteUpdate"' in r["source_matchers"]]
+    nonfinite = [
+        r
+        for r in config["inhibit_rules"]
+        if 'alertname="FLClientNonFiniteUpdate"' in r["source_matchers"]
+    ]
     assert nonfinite and nonfinite[0]["equal"] == ["run", "client"]
