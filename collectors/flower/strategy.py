@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -256,7 +256,11 @@ class MonitoredStrategy(Strategy):
         self._round = state
         settings = ConfigRecord(server_config(self.run, server_round))
         for message in messages:
-            message.content[RECORD_KEY] = settings
+            # A RecordDict of its own per message (strategies share one between
+            # messages): the same records plus ours; the mod takes ours out again.
+            content = RecordDict(dict(message.content.items()))
+            content[RECORD_KEY] = settings
+            message.content = content
 
     def _name(self, node_id: int, claimed: Any = None) -> str:
         if isinstance(claimed, str) and claimed:

@@ -17,10 +17,14 @@ from flwr.serverapp import ServerApp
 from flower_digits.task import FAULTS, DigitsConfig
 
 
-def backend_config(num_cpus: int | None = None) -> dict[str, Any]:
-    """One CPU per simulated client; Ray gets the machine's cores (or ``num_cpus``)."""
+def backend_config(num_cpus: int | None = None, client_cpus: int = 1) -> dict[str, Any]:
+    """``client_cpus`` per simulated client; Ray gets the machine's cores (or ``num_cpus``).
+
+    ``client_cpus == num_cpus`` gives one worker: clients run one after the other
+    and replies arrive in a fixed order (bit-for-bit reproducible aggregation).
+    """
     return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {
             "num_cpus": num_cpus or os.cpu_count() or 1,
             "include_dashboard": False,
@@ -31,7 +35,11 @@ def backend_config(num_cpus: int | None = None) -> dict[str, Any]:
 
 
 def simulate(
-    server_app: ServerApp, client_app: ClientApp, num_clients: int, num_cpus: int | None = None
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_clients: int,
+    num_cpus: int | None = None,
+    client_cpus: int = 1,
 ) -> None:
     from flwr.simulation import run_simulation
 
@@ -39,7 +47,7 @@ def simulate(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=num_clients,
-        backend_config=backend_config(num_cpus),  # type: ignore[arg-type]
+        backend_config=backend_config(num_cpus, client_cpus),  # type: ignore[arg-type]
     )
 
 
