@@ -129,6 +129,8 @@ class Thresholds:
     participation_min_ratio: float = 0.8
     dropout_streak_rounds: int = 3
     straggler_robust_z: float = 3.5
+    straggler_min_ratio: float = 1.5
+    """A straggler also takes at least this many times the round's median wall time."""
     # global health
     stagnation_window: int = 10
     stagnation_min_improvement: float = 0.005
@@ -930,7 +932,12 @@ def analyze_round(
 
     # -- participation / stragglers -------------------------------------------
     wall_z = participation.straggler_z(data.wall_time_seconds, ok)
-    straggler = ok & (np.nan_to_num(wall_z, nan=0.0) > th.straggler_robust_z)
+    wall_ratio = participation.wall_time_ratio(data.wall_time_seconds, ok)
+    straggler = (
+        ok
+        & (np.nan_to_num(wall_z, nan=0.0) > th.straggler_robust_z)
+        & (np.nan_to_num(wall_ratio, nan=0.0) >= th.straggler_min_ratio)
+    )
     if calibrating:
         _collect(
             st.calibration_samples,
@@ -939,6 +946,7 @@ def analyze_round(
             cal_limit["straggler_robust_z"],
         )
     scores["wall_time_robust_z"] = wall_z
+    scores["wall_time_ratio"] = wall_ratio
     scores["federation_benefit"] = fairness.federation_benefit(
         data.eval_accuracy, data.local_accuracy
     )
@@ -992,7 +1000,7 @@ def analyze_round(
         np.where(div_round | div_flag, div_score, np.fmin(div_score, th.update_robust_z))
         / th.update_robust_z,
         np.where(stale | free, 1.0, 0.0),
-        wall_z / th.straggler_robust_z,
+        np.fmin(wall_z / th.straggler_robust_z, wall_ratio / th.straggler_min_ratio),
     ):
         anomaly = np.fmax(anomaly, np.nan_to_num(part, nan=0.0, neginf=0.0))
     anomaly = np.where(nonfinite, np.inf, np.maximum(anomaly, 0.0))
@@ -1211,12 +1219,14 @@ def analyze_round(
                 score=float(wall_z[i]),
                 threshold=th.straggler_robust_z,
                 message=(
-                    f"client {cid}: round took {data.wall_time_seconds[i]:.1f} s vs median {med:.1f} s "
-                    f"(robust z {_f(wall_z[i], 1)}, threshold {_f(th.straggler_robust_z, 1)})"
+                    f"client {cid}: round took {data.wall_time_seconds[i]:.3g} s, {_f(wall_ratio[i], 1)}x "
+                    f"the median {med:.3g} s (robust z {_f(wall_z[i], 1)}; thresholds z "
+                    f"{_f(th.straggler_robust_z, 1)} and {_f(th.straggler_min_ratio, 1)}x)"
                 ),
                 details={
                     "wall_time_seconds": _json_num(data.wall_time_seconds[i]),
                     "median_seconds": _json_num(med),
+                    "ratio_to_median": _json_num(wall_ratio[i]),
                 },
             )
         )

@@ -102,9 +102,7 @@ def build_cases(
     healthy: bool = True,
 ) -> list[Case]:
     faults: list[str | None] = list(kinds) + ([None] if healthy else [])
-    return [
-        Case(f, a, s, rounds, clients, onset) for f in faults for a in alphas for s in seeds
-    ]
+    return [Case(f, a, s, rounds, clients, onset) for f in faults for a in alphas for s in seeds]
 
 
 def make_scenario(case: Case) -> Any:
@@ -136,8 +134,14 @@ def make_scenario(case: Case) -> Any:
     eligible = np.flatnonzero(sizes >= MIN_FAULT_EXAMPLES)
     if eligible.size == 0:
         eligible = np.arange(num_clients)
-    count = max(3, int(math.ceil(0.1 * num_clients))) if case.fault == "fairness_regression" else FAULTY_CLIENTS
-    chosen = sorted(int(c) for c in rng.choice(eligible, size=min(count, eligible.size), replace=False))
+    count = (
+        max(3, int(math.ceil(0.1 * num_clients)))
+        if case.fault == "fairness_regression"
+        else FAULTY_CLIENTS
+    )
+    chosen = sorted(
+        int(c) for c in rng.choice(eligible, size=min(count, eligible.size), replace=False)
+    )
     severity = SEVERITY[case.fault]
     if case.fault == "label_drift":
         num_classes = fed.dataset.num_classes
@@ -147,13 +151,31 @@ def make_scenario(case: Case) -> Any:
                 clients=[c],
                 onset_round=onset,
                 severity=severity,
-                options={"target_class": int(np.argmin(np.bincount(fed.y_train[c], minlength=num_classes)))},
+                options={
+                    "target_class": int(
+                        np.argmin(np.bincount(fed.y_train[c], minlength=num_classes))
+                    )
+                },
             )
             for c in chosen
         ]
     else:
         faults = [FaultSpec(kind=case.fault, clients=chosen, onset_round=onset, severity=severity)]
     return base.model_copy(update={"faults": faults})
+
+
+class _OpenServiceFilter(logging.Filter):
+    """The throw-away loopback service has no API keys on purpose; say so once, not per run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("no API keys configured")
+
+
+def _quiet_logs() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log = logging.getLogger("fedsentinel")
+    if not any(isinstance(f, _OpenServiceFilter) for f in log.filters):
+        log.addFilter(_OpenServiceFilter())
 
 
 def _fetch_findings(url: str, run_id: str) -> list[dict[str, Any]]:
@@ -181,14 +203,18 @@ def run_case(case: Case) -> dict[str, Any]:
     from monitor.settings import Settings
     from simulator import run_scenario
 
-    torch.set_num_threads(1)  # the service thread shares the process; extra BLAS threads only contend
-    for name in ("httpx", "fedsentinel", "uvicorn"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # the service runs in a thread of this process; a second BLAS thread only contends with it
+    torch.set_num_threads(1)
+    _quiet_logs()
     scenario = make_scenario(case)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedsentinel-eval-") as tmp:
         settings = Settings(
-            data_dir=Path(tmp), host="127.0.0.1", port=0, sqlite_synchronous="OFF", log_level="warning"
+            data_dir=Path(tmp),
+            host="127.0.0.1",
+            port=0,
+            sqlite_synchronous="OFF",
+            log_level="warning",
         )
         with ServerThread(settings) as url:
             with MonitorClient(url) as sdk:
@@ -208,7 +234,10 @@ def run_case(case: Case) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "final_accuracy": result.final_accuracy,
         "findings": [
-            {k: f[k] for k in ("kind", "severity", "client_id", "first_round", "last_round", "message")}
+            {
+                k: f[k]
+                for k in ("kind", "severity", "client_id", "first_round", "last_round", "message")
+            }
             for f in findings
         ],
     }
@@ -221,7 +250,10 @@ def _result_from_dict(d: dict[str, Any]) -> RunResult:
 
 
 def run_grid(
-    cases: Sequence[Case], *, jobs: int = 1, on_done: Callable[[Case, dict[str, Any]], None] | None = None
+    cases: Sequence[Case],
+    *,
+    jobs: int = 1,
+    on_done: Callable[[Case, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every case (in ``jobs`` spawned processes when > 1); results in the order of ``cases``."""
     out: dict[int, dict[str, Any]] = {}
@@ -264,7 +296,10 @@ def _delay(x: float) -> str:
 
 
 def render_markdown(
-    sums: dict[str, KindSummary], runs: Sequence[RunResult], meta: dict[str, Any], kinds: Sequence[str]
+    sums: dict[str, KindSummary],
+    runs: Sequence[RunResult],
+    meta: dict[str, Any],
+    kinds: Sequence[str],
 ) -> str:
     """The results section: headline table, recall by alpha, false alarms by kind, federation findings, misses."""
     lines = [
@@ -277,11 +312,7 @@ def render_markdown(
     ]
     for k in [*kinds, "healthy", "all runs"]:
         s = sums[k]
-        fed = (
-            f"{s.federation_detection_runs}/{s.runs}"
-            if k in FEDERATION_FITTING_KINDS
-            else "-"
-        )
+        fed = f"{s.federation_detection_runs}/{s.runs}" if k in FEDERATION_FITTING_KINDS else "-"
         found = ", ".join(f"{kind} {n}" for kind, n in s.detected_by_kind.items()) or "-"
         if k in ("healthy", "all runs"):
             lines.append(
@@ -308,26 +339,34 @@ def render_markdown(
     for k in kinds:
         s = sums[k]
         lines.append(
-            f"| {k} | " + " | ".join(_fmt(s.recall_by_alpha.get(f"{a:g}", math.nan)) for a in alphas) + " |"
+            f"| {k} | "
+            + " | ".join(_fmt(s.recall_by_alpha.get(f"{a:g}", math.nan)) for a in alphas)
+            + " |"
         )
     total = sums["all runs"]
-    fa_alpha = {
-        a: summarize([r for r in runs if r.alpha == a], f"alpha {a:g}") for a in alphas
-    }
+    fa_alpha = {a: summarize([r for r in runs if r.alpha == a], f"alpha {a:g}") for a in alphas}
     lines += [
         "",
         f"False alarms by finding kind, all runs ({total.healthy_client_rounds:,} healthy client-rounds), "
         "per 1,000 healthy client-rounds:",
         "",
-        "| finding kind | false alarms | per 1,000 | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+        "| finding kind | false alarms | per 1,000 | "
+        + " | ".join(f"alpha {a:g}" for a in alphas)
+        + " |",
         "|---|---|---|" + "---|" * len(alphas),
     ]
     for kind, n in sorted(total.false_alarms_by_kind.items(), key=lambda kv: -kv[1]):
         per_alpha = " | ".join(
-            _fmt(1000.0 * fa_alpha[a].false_alarms_by_kind.get(kind, 0) / max(fa_alpha[a].healthy_client_rounds, 1))
+            _fmt(
+                1000.0
+                * fa_alpha[a].false_alarms_by_kind.get(kind, 0)
+                / max(fa_alpha[a].healthy_client_rounds, 1)
+            )
             for a in alphas
         )
-        lines.append(f"| {kind} | {n} | {_fmt(1000.0 * n / max(total.healthy_client_rounds, 1))} | {per_alpha} |")
+        lines.append(
+            f"| {kind} | {n} | {_fmt(1000.0 * n / max(total.healthy_client_rounds, 1))} | {per_alpha} |"
+        )
     if not total.false_alarms_by_kind:
         lines.append("| (none) | 0 | 0.00 |" + " |" * len(alphas))
     healthy_runs = [r for r in runs if r.healthy]
@@ -349,7 +388,9 @@ def render_markdown(
     lines += ["", f"Missed pairs ({len(misses)}):", ""]
     if misses:
         lines += ["| run | client | fault | onset |", "|---|---|---|---|"]
-        lines += [f"| {r.run_id} | {p.client_id} | {p.fault} | {p.onset_round} |" for r, p in misses[:60]]
+        lines += [
+            f"| {r.run_id} | {p.client_id} | {p.fault} | {p.onset_round} |" for r, p in misses[:60]
+        ]
         if len(misses) > 60:
             lines.append(f"| ... {len(misses) - 60} more in the JSON | | | |")
     else:
@@ -420,7 +461,9 @@ def write_plot(path: Path, sums: dict[str, KindSummary], kinds: Sequence[str]) -
     ax1.legend(fontsize=8, ncol=4, loc="lower left")
     ax1.set_title("fedsentinel detection quality: recall per injected fault")
     labels = [*kinds, "healthy"]
-    ax2.bar(np.arange(len(labels)), [sums[k].false_alarms_per_1000 for k in labels], color="tab:red")
+    ax2.bar(
+        np.arange(len(labels)), [sums[k].false_alarms_per_1000 for k in labels], color="tab:red"
+    )
     ax2.axhline(5, color="k", lw=0.8, ls="--", label="aim 5")
     ax2.set_ylabel("false alarms / 1,000\nhealthy client-rounds")
     ax2.set_xticks(np.arange(len(labels)), labels, rotation=25, ha="right", fontsize=8)
@@ -436,7 +479,7 @@ def _print_table(sums: dict[str, KindSummary], kinds: Sequence[str]) -> None:
     from rich.table import Table
 
     table = Table(title="detection quality")
-    for col in ("fault", "runs", "pairs", "recall", "median delay", "FA / 1,000", "precision", "found as"):
+    for col in ("fault", "runs", "pairs", "recall", "median delay", "FA / 1,000", "precision"):
         table.add_column(col)
     for k in [*kinds, "healthy", "all runs"]:
         s = sums[k]
@@ -448,7 +491,6 @@ def _print_table(sums: dict[str, KindSummary], kinds: Sequence[str]) -> None:
             _delay(s.median_delay_rounds),
             f"{_fmt(s.false_alarms_per_1000)} ({s.false_alarms})",
             _fmt(s.localisation_precision),
-            ", ".join(f"{kind} {n}" for kind, n in s.detected_by_kind.items()),
         )
     Console().print(table)
 
@@ -466,22 +508,61 @@ def _range(text: str) -> tuple[int, int]:
 
 
 @click.command()
-@click.option("--kinds", default="all", show_default=True, help="Comma-separated fault kinds, or 'all'.")
-@click.option("--alphas", default="0.1,0.5,100", show_default=True, help="Dirichlet alphas (label skew).")
+@click.option(
+    "--kinds", default="all", show_default=True, help="Comma-separated fault kinds, or 'all'."
+)
+@click.option(
+    "--alphas", default="0.1,0.5,100", show_default=True, help="Dirichlet alphas (label skew)."
+)
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--clients", default="20-50", show_default=True, help="Clients per run, drawn uniformly in LOW-HIGH.")
+@click.option(
+    "--clients",
+    default="20-50",
+    show_default=True,
+    help="Clients per run, drawn uniformly in LOW-HIGH.",
+)
 @click.option("--rounds", type=click.IntRange(2), default=30, show_default=True)
-@click.option("--onset", default="8-15", show_default=True, help="Fault onset round, drawn uniformly in LOW-HIGH.")
-@click.option("--healthy/--no-healthy", default=True, show_default=True, help="Add one healthy run per alpha and seed.")
-@click.option("--quick", is_flag=True, help="A small grid for CI: every kind, alpha 0.5, seed 0, 20-25 clients, 20 rounds.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Runs in parallel (spawned processes, each with its own service and store).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Write evaluation.md, evaluation.json and evaluation.png here "
-              "(default: docs/evaluation.md, docs/evaluation.png, bench/results/evaluation.json).")
+@click.option(
+    "--onset",
+    default="8-15",
+    show_default=True,
+    help="Fault onset round, drawn uniformly in LOW-HIGH.",
+)
+@click.option(
+    "--healthy/--no-healthy",
+    default=True,
+    show_default=True,
+    help="Add one healthy run per alpha and seed.",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A small grid for CI: every kind, alpha 0.5, seed 0, 20-25 clients, 20 rounds.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Runs in parallel (spawned processes, each with its own service and store).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write evaluation.md, evaluation.json and evaluation.png here "
+    "(default: docs/evaluation.md, docs/evaluation.png, bench/results/evaluation.json).",
+)
 def evaluate(
-    kinds: str, alphas: str, seeds: str, clients: str, rounds: int, onset: str, healthy: bool,
-    quick: bool, jobs: int, out: Path | None,
+    kinds: str,
+    alphas: str,
+    seeds: str,
+    clients: str,
+    rounds: int,
+    onset: str,
+    healthy: bool,
+    quick: bool,
+    jobs: int,
+    out: Path | None,
 ) -> None:
     """Detection-quality benchmark: inject faults, run them through the real service, score the findings."""
     from rich.console import Console
@@ -489,11 +570,13 @@ def evaluate(
 
     from simulator.scenario import FAULT_KINDS
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _quiet_logs()
     kind_list = list(FAULT_KINDS) if kinds == "all" else _csv(str, kinds)
     unknown = [k for k in kind_list if k not in FAULT_KINDS]
     if unknown:
-        raise click.BadParameter(f"unknown fault kind(s) {', '.join(unknown)}; valid: {', '.join(FAULT_KINDS)}")
+        raise click.BadParameter(
+            f"unknown fault kind(s) {', '.join(unknown)}; valid: {', '.join(FAULT_KINDS)}"
+        )
     if quick:
         alpha_list, seed_list, client_range, onset_range, rounds = [0.5], [0], (20, 25), (8, 10), 20
     else:
@@ -502,13 +585,23 @@ def evaluate(
     if onset_range[1] > rounds:
         raise click.BadParameter(f"onset {onset_range} is after the last round {rounds}")
     cases = build_cases(
-        kind_list, alpha_list, seed_list, rounds=rounds, clients=client_range, onset=onset_range, healthy=healthy
+        kind_list,
+        alpha_list,
+        seed_list,
+        rounds=rounds,
+        clients=client_range,
+        onset=onset_range,
+        healthy=healthy,
     )
     console = Console(stderr=True)
     started = time.perf_counter()
     with Progress(
-        TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("[bold]evaluate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as bar:
         task = bar.add_task("", total=len(cases))
 
@@ -516,7 +609,8 @@ def evaluate(
             r = res["result"]
             hit = sum(p["detected"] for p in r["pairs"])
             bar.update(
-                task, advance=1,
+                task,
+                advance=1,
                 description=f"{case.run_id}: {hit}/{len(r['pairs'])} found, {r['false_alarms']} false alarms",
             )
 
@@ -545,19 +639,27 @@ def evaluate(
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(
         json.dumps(
-            _json_clean({
-                "meta": meta,
-                "severity": SEVERITY,
-                "fitting_kinds": {k: sorted(v) for k, v in FITTING_KINDS.items()},
-                "federation_fitting_kinds": {k: sorted(v) for k, v in FEDERATION_FITTING_KINDS.items()},
-                "summary": {k: v.to_dict() for k, v in sums.items()},
-                "readme_table": render_readme_table(sums, kind_list),
-                "runs": [
-                    {**r["result"], "seconds": r["seconds"], "final_accuracy": r["final_accuracy"],
-                     "findings": r["findings"]}
-                    for r in raw
-                ],
-            }),
+            _json_clean(
+                {
+                    "meta": meta,
+                    "severity": SEVERITY,
+                    "fitting_kinds": {k: sorted(v) for k, v in FITTING_KINDS.items()},
+                    "federation_fitting_kinds": {
+                        k: sorted(v) for k, v in FEDERATION_FITTING_KINDS.items()
+                    },
+                    "summary": {k: v.to_dict() for k, v in sums.items()},
+                    "readme_table": render_readme_table(sums, kind_list),
+                    "runs": [
+                        {
+                            **r["result"],
+                            "seconds": r["seconds"],
+                            "final_accuracy": r["final_accuracy"],
+                            "findings": r["findings"],
+                        }
+                        for r in raw
+                    ],
+                }
+            ),
             indent=1,
             allow_nan=False,
         )

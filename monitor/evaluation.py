@@ -51,9 +51,13 @@ FITTING_KINDS: dict[str, frozenset[str]] = {
     # features move, labels do not
     "covariate_shift": frozenset({"feature_drift", "data_drift"}),
     # poisoned labels: the update points elsewhere; under label skew the trained-on label mix moves
-    "label_flip": frozenset({"update_divergence", "performance_drift", "label_drift", "data_drift"}),
+    "label_flip": frozenset(
+        {"update_divergence", "performance_drift", "label_drift", "data_drift"}
+    ),
     # same, weaker: the trained-on label mix moves toward uniform, the update gets noisier
-    "noisy_labels": frozenset({"update_divergence", "performance_drift", "label_drift", "data_drift"}),
+    "noisy_labels": frozenset(
+        {"update_divergence", "performance_drift", "label_drift", "data_drift"}
+    ),
     "stale_update": frozenset({"stale_update"}),
     "free_rider": frozenset({"free_rider"}),
     # a huge update is divergent; one that overflows is non-finite
@@ -122,7 +126,9 @@ class RunResult:
         return asdict(self)
 
 
-def _client_rounds(truth: Sequence[Mapping[str, Any]], client_ids: Iterable[str], rounds: int) -> dict[str, int]:
+def _client_rounds(
+    truth: Sequence[Mapping[str, Any]], client_ids: Iterable[str], rounds: int
+) -> dict[str, int]:
     """Healthy rounds per client: all rounds, or the rounds before the client's first onset."""
     first_onset: dict[str, int] = {}
     for t in truth:
@@ -202,7 +208,9 @@ def score_run(
         }
         result.flagged_clients = sorted(flagged)
         result.flagged_faulty = len(flagged & set(onset_of))
-        fed_fits = frozenset().union(*(FEDERATION_FITTING_KINDS.get(k, frozenset()) for k in faults))
+        fed_fits = frozenset().union(
+            *(FEDERATION_FITTING_KINDS.get(k, frozenset()) for k in faults)
+        )
         fed_rounds = [
             int(f["first_round"])
             for f in fed_findings

@@ -553,3 +553,27 @@ def test_math_is_finite_on_empty_round():
     a = analyze_round(fed.run(), Thresholds(), DetectorState(), d)
     assert a.client_scores["anomaly_score"].shape == (0,)
     assert math.isnan(a.round_scores["accuracy_mean"])
+
+
+def test_straggler_needs_a_high_z_and_a_material_ratio():
+    """Near-identical wall times have a tiny MAD: a client 4% slower is far out in z, yet no straggler."""
+    fed = SyntheticFederation(30, alpha=0.5, seed=2)
+    run = fed.run()
+    d = fed.round(1)
+    d.wall_time_seconds[:] = 0.100 * np.exp(np.linspace(-0.002, 0.002, d.n))
+    d.wall_time_seconds[4] = 0.104  # robust z ~ 20, ratio 1.04
+    d.wall_time_seconds[7] = 0.300  # robust z huge, ratio 3
+    a = analyze_round(run, Thresholds(), DetectorState(), d)
+    z = a.client_scores["wall_time_robust_z"]
+    assert z[4] > Thresholds().straggler_robust_z
+    assert a.client_scores["wall_time_ratio"][4] == pytest.approx(1.04, rel=1e-2)
+    assert {s.client_id for s in a.active if s.kind == "straggler"} == {d.client_ids[7]}
+    assert a.client_scores["anomaly_score"][4] < 1.0 <= a.client_scores["anomaly_score"][7]
+    msg = next(s.message for s in a.active if s.kind == "straggler")
+    assert "3.0x the median 0.1 s" in msg
+    # the ratio is a documented, overridable threshold
+    loose = Thresholds().with_overrides({"straggler_min_ratio": 1.0})
+    a = analyze_round(run, loose, DetectorState(), d)
+    assert {d.client_ids[4], d.client_ids[7]} <= {
+        s.client_id for s in a.active if s.kind == "straggler"
+    }

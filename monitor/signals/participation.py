@@ -8,7 +8,14 @@ import numpy as np
 
 from monitor.signals.divergence import robust_z
 
-__all__ = ["STATUSES", "status_counts", "participation_ratio", "dropout_streaks", "straggler_z"]
+__all__ = [
+    "STATUSES",
+    "status_counts",
+    "participation_ratio",
+    "dropout_streaks",
+    "straggler_z",
+    "wall_time_ratio",
+]
 
 STATUSES = ("ok", "failed", "dropped", "timeout")
 
@@ -47,3 +54,24 @@ def straggler_z(wall_time_seconds: np.ndarray, mask: np.ndarray | None = None) -
     with np.errstate(divide="ignore", invalid="ignore"):
         lt = np.log(np.where(t > 0, t, np.nan))
     return robust_z(lt, mask)
+
+
+def wall_time_ratio(wall_time_seconds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    r"""``t_i / median_j t_j`` over the masked clients with a positive, finite wall time.
+
+    The robust z alone says "unusual for this round"; when every client takes
+    about the same time the MAD is tiny and 0.11 s vs 0.10 s can be far out.
+    A straggler must also be materially slower: the detector asks for both.
+    NaN where ``t_i`` is missing or no client has a usable time.
+    """
+    t = np.asarray(wall_time_seconds, dtype=np.float64)
+    m = np.isfinite(t) & (t > 0)
+    if mask is not None:
+        m &= np.asarray(mask, dtype=bool)
+    out = np.full(t.shape, np.nan)
+    if not m.any():
+        return out
+    med = float(np.median(t[m]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[m] = t[m] / med
+    return out

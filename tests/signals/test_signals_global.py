@@ -24,6 +24,15 @@ def test_dropout_streaks_and_stragglers():
     t[3] = 100.0
     z = participation.straggler_z(t)
     assert np.argmax(z) == 3 and z[3] > 10
+    ratio = participation.wall_time_ratio(t)
+    assert ratio[3] == pytest.approx(100.0 / np.median(t))
+    masked = participation.wall_time_ratio(
+        np.array([1.0, 2.0, np.nan, 0.0, 4.0]), np.array([1, 1, 1, 1, 0], bool)
+    )
+    assert (
+        masked[:2].tolist() == [pytest.approx(2 / 3), pytest.approx(4 / 3)]
+        and np.isnan(masked[2:]).all()
+    )
 
 
 def test_stagnation_and_jumps():

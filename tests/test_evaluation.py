@@ -1,0 +1,161 @@
+"""Detection-quality scoring (hand-computed cases) and one small evaluate run through the real service."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from monitor.evaluation import FITTING_KINDS, score_run, summarize
+
+
+def finding(kind: str, client: str | None, first: int, last: int | None = None) -> dict:
+    return {"kind": kind, "client_id": client, "first_round": first, "last_round": last or first}
+
+
+CLIENTS = [f"c{i:03d}" for i in range(10)]
+
+
+def test_recall_delay_false_alarms_and_precision_by_hand():
+    truth = [
+        {"client_id": "c001", "fault": "label_drift", "onset_round": 10},
+        {"client_id": "c002", "fault": "label_drift", "onset_round": 10},
+    ]
+    findings = [
+        finding("label_drift", "c001", 11),  # detected, delay 1
+        finding("data_drift", "c001", 12),  # later, same pair: delay stays 1
+        finding("straggler", "c002", 12),  # not a fitting kind: c002 missed
+        # before onset: a false alarm on a still-healthy client
+        finding("update_divergence", "c002", 5),
+        # a fitting kind on a healthy client: a false alarm, and it costs precision
+        finding("feature_drift", "c005", 14),
+        finding("performance_drift", "c007", 3),  # false alarm, not fitting for label_drift
+        finding("global_stagnation", None, 20),  # federation-level: not a client false alarm
+    ]
+    r = score_run(truth, findings, run_id="r", client_ids=CLIENTS, rounds=30)
+    assert [(p.client_id, p.detected, p.delay_rounds, p.kind) for p in r.pairs] == [
+        ("c001", True, 1, "label_drift"),
+        ("c002", False, None, None),
+    ]
+    # healthy client-rounds: 8 healthy clients x 30 + 2 faulty clients x 9 rounds before onset
+    assert r.healthy_client_rounds == 8 * 30 + 2 * 9
+    assert r.false_alarms == 3
+    assert r.false_alarms_by_kind == {
+        "feature_drift": 1,
+        "performance_drift": 1,
+        "update_divergence": 1,
+    }
+    assert r.federation_findings == {"global_stagnation": 1}
+    # flagged by a fitting kind at/after onset: c001 (faulty) and c005 (healthy)
+    assert r.flagged_clients == ["c001", "c005"] and r.flagged_faulty == 1
+
+    s = summarize([r], "label_drift")
+    assert s.recall == 0.5
+    assert s.median_delay_rounds == 1.0
+    assert s.false_alarms_per_1000 == pytest.approx(1000 * 3 / 258)
+    assert s.localisation_precision == 0.5
+
+
+def test_pooling_over_runs_and_healthy_runs():
+    truth_a = [{"client_id": "c000", "fault": "free_rider", "onset_round": 8}]
+    truth_b = [{"client_id": "c003", "fault": "free_rider", "onset_round": 12}]
+    a = score_run(
+        truth_a,
+        [finding("free_rider", "c000", 8)],
+        run_id="a",
+        client_ids=CLIENTS,
+        rounds=20,
+        alpha=0.1,
+    )
+    b = score_run(
+        truth_b,
+        [finding("free_rider", "c003", 15)],
+        run_id="b",
+        client_ids=CLIENTS,
+        rounds=20,
+        alpha=100,
+    )
+    healthy = score_run(
+        [],
+        [finding("straggler", "c004", 6), finding("participation_drop", None, 9)],
+        run_id="h",
+        client_ids=CLIENTS,
+        rounds=20,
+    )
+    s = summarize([a, b], "free_rider")
+    assert s.recall == 1.0 and s.detected == 2
+    assert s.median_delay_rounds == 1.5 and s.max_delay_rounds == 3.0  # delays 0 and 3
+    assert s.recall_by_alpha == {"0.1": 1.0, "100": 1.0}
+    assert s.localisation_precision == 1.0
+    h = summarize([healthy], "healthy")
+    assert healthy.healthy and h.pairs == 0 and math.isnan(h.recall)
+    assert h.healthy_client_rounds == 200 and h.false_alarms_per_1000 == 5.0
+    assert h.federation_findings == {"participation_drop": 1}
+
+
+def test_federation_detection_and_fairness_cohort():
+    truth = [
+        {"client_id": c, "fault": "fairness_regression", "onset_round": 10}
+        for c in ("c001", "c002", "c003")
+    ]
+    findings = [
+        finding("fairness_regression", None, 16),
+        finding("performance_drift", "c001", 13),
+        # opened before onset: a false alarm, and not a detection
+        finding("feature_drift", "c002", 9),
+    ]
+    r = score_run(truth, findings, run_id="f", client_ids=CLIENTS, rounds=30)
+    assert [p.detected for p in r.pairs] == [True, False, False]
+    assert r.pairs[0].delay_rounds == 3
+    assert r.federation_detection_round == 16
+    assert r.false_alarms == 1
+
+
+def test_every_fault_kind_has_fitting_kinds():
+    from monitor.detectors import KINDS
+    from simulator.scenario import FAULT_KINDS
+
+    assert set(FITTING_KINDS) == set(FAULT_KINDS)
+    for kinds in FITTING_KINDS.values():
+        assert kinds and kinds <= set(KINDS)
+
+
+def test_evaluate_through_the_real_service(tmp_path):
+    """Two scenarios (a label drift and a healthy twin) through the service: the drifting clients are found."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--kinds",
+            "label_drift",
+            "--alphas",
+            "0.5",
+            "--seeds",
+            "0",
+            "--clients",
+            "20-20",
+            "--rounds",
+            "14",
+            "--onset",
+            "8-8",
+            "--out",
+            str(tmp_path),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads((tmp_path / "evaluation.json").read_text())
+    runs = {r["run_id"]: r for r in body["runs"]}
+    assert set(runs) == {"label_drift-a0.5-s0", "healthy-a0.5-s0"}
+    drift = runs["label_drift-a0.5-s0"]
+    assert len(drift["pairs"]) == 2 and all(p["detected"] for p in drift["pairs"])
+    assert all(p["delay_rounds"] <= 1 for p in drift["pairs"])
+    assert body["summary"]["label_drift"]["recall"] == 1.0
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "| label_drift | 1 | 2 | 1.00 |" in md
+    assert (tmp_path / "evaluation.png").stat().st_size > 1000
