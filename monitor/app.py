@@ -18,6 +18,7 @@ from monitor import __version__
 from monitor.api import alerts, queries, reports, runs
 from monitor.api.limits import BodySizeLimit
 from monitor.engine import Engine
+from monitor.notifier import notifier_from_settings
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.exporter import metrics_registry
 from monitor.settings import Settings
@@ -90,7 +91,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
         app.state.store.create_schema()
-        engine = Engine(app.state.store, observe_seconds=app.state.telemetry.signal_seconds.observe)
+        notifier = notifier_from_settings(settings)
+        engine = Engine(
+            app.state.store,
+            observe_seconds=app.state.telemetry.signal_seconds.observe,
+            on_findings_opened=notifier,
+        )
         app.state.engine = engine
         app.state.on_round_closed = engine.on_round_closed
         if settings.auth_enabled:
@@ -102,6 +108,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
         log.info("store: %s", app.state.store.dialect)
         yield
+        if notifier is not None:
+            notifier.close()
         if own_store:
             app.state.store.dispose()
 

@@ -552,27 +552,20 @@ class DomainCollector(Collector):
 
 
 class _TelemetryView(Collector):
-    """The app's per-process telemetry minus families the store answers for every worker."""
+    """The app's per-process telemetry (its own registry), served beside the domain collector."""
 
-    def __init__(self, registry: CollectorRegistry, exclude: set[str]) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.exclude = exclude
 
     def collect(self) -> Iterator[Metric]:
-        for family in self.registry.collect():
-            if family.name not in self.exclude:
-                yield family
+        yield from self.registry.collect()
 
 
 def metrics_registry(
     telemetry_registry: CollectorRegistry, store: Callable[[], Store], settings: Settings
 ) -> CollectorRegistry:
-    """The registry ``/metrics`` serves: telemetry (per worker) + the domain collector (from the store).
-
-    The telemetry's per-worker ``fedsentinel_reports_ingested`` is replaced by
-    the store's count so that every worker reports the same total.
-    """
+    """The registry ``/metrics`` serves: telemetry (per worker) + the domain collector (from the store)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_TelemetryView(telemetry_registry, {"fedsentinel_reports_ingested"}))
+    registry.register(_TelemetryView(telemetry_registry))
     registry.register(DomainCollector(store, settings))
     return registry

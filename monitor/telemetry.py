@@ -1,6 +1,8 @@
 """The service's own metrics (``fedsentinel_*``), in an app-owned registry.
 
-Kept per app instance rather than in prometheus_client's global registry so
+Only what is per worker lives here (request latency, signal time, store
+errors); counts every worker must agree on (reports ingested) are computed
+from the store at scrape time by :mod:`monitor.exporter`. Kept per app instance rather than in prometheus_client's global registry so
 that tests can build several apps in one process. Request latency is labelled
 by route template (``/api/v1/runs/{run_id}``), never by raw path, to keep
 cardinality bounded.
@@ -19,11 +21,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.reports = Counter(
-            "fedsentinel_reports_ingested",
-            "Client reports stored (duplicates not counted).",
-            registry=self.registry,
-        )
         self.requests = Histogram(
             "fedsentinel_http_request_duration_seconds",
             "HTTP request latency by route template, method and status code.",
@@ -43,9 +40,6 @@ class Telemetry:
             registry=self.registry,
         )
 
-    def reports_ingested(self, count: int) -> None:
-        if count:
-            self.reports.inc(count)
 
 
 class RequestTimer:

@@ -128,3 +128,41 @@ def test_two_workers_over_postgres_give_the_same_findings_as_one(service_factory
                 s.dispose()
         single.stop()
         double.stop()
+
+
+def test_new_findings_reach_the_direct_notifier(tmp_path: Path, stream) -> None:
+    """FEDSENTINEL_NOTIFY_WEBHOOK_URL set: the service posts new findings (for setups without Prometheus)."""
+    import http.server
+    import threading
+
+    from monitor.server import ServerThread
+    from monitor.settings import Settings
+
+    received: list[dict] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(data_dir=tmp_path, port=0,
+                            notify_webhook_url=f"http://127.0.0.1:{hook.server_port}/hook")
+        with ServerThread(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+            for record in stream:
+                _post(http, record)
+        # leaving the server drains the notifier
+        alerts = [a for body in received for a in body["alerts"]]
+        drifted = [a for a in alerts if a["labels"].get("client") == DRIFTING
+                   and a["labels"].get("kind") in ("label_drift", "data_drift")]
+        assert drifted, alerts
+        assert all(a["labels"]["run"] == "engine-test" for a in alerts)
+    finally:
+        hook.shutdown()
+        hook.server_close()

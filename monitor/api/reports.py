@@ -61,7 +61,6 @@ def ingest_reports(
         raise InvalidInput(str(exc)) from exc
     with store.write_session() as session:
         accepted, duplicates = writes.ingest_reports(session, run_id, round, batch.reports)
-    request.app.state.telemetry.reports_ingested(accepted)
     return IngestResult(run_id=run_id, round=round, accepted=accepted, duplicates=duplicates)
 
 
