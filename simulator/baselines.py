@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from simulator.models import Params
-from simulator.train import evaluate_groups, evaluate_stacked, make_schedule, train_batched, train_sequential
+from simulator.train import (
+    evaluate_groups,
+    evaluate_stacked,
+    make_schedule,
+    train_batched,
+    train_sequential,
+)
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,16 @@ def train_centralized(
     """Pooled SGD (one "client" holding everything, sequential path)."""
     X = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
     Y = torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.int64))
-    schedule = make_schedule(np.array([len(y_train)]), epochs, batch_size, rng.random((epochs, len(y_train))))
+    schedule = make_schedule(
+        np.array([len(y_train)]), epochs, batch_size, rng.random((epochs, len(y_train)))
+    )
     trained = train_sequential(model, init, X, Y, schedule, lr=lr)
     params = {n: p[0] for n, p in trained.params.items()}
     Xt = torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32))
     Yt = torch.from_numpy(np.ascontiguousarray(y_test, dtype=np.int64))
-    loss, hits, count = evaluate_groups(model, params, Xt, Yt, torch.zeros(len(Yt), dtype=torch.int64), 1)
+    loss, hits, count = evaluate_groups(
+        model, params, Xt, Yt, torch.zeros(len(Yt), dtype=torch.int64), 1
+    )
     n = max(float(count[0]), 1.0)
     return CentralizedResult(accuracy=float(hits[0]) / n, loss=float(loss[0]) / n, epochs=epochs)
 

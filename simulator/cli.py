@@ -25,7 +25,10 @@ def parse_fault(text: str) -> dict[str, Any]:
     parts = [p.strip() for p in text.split(":")]
     kind = parts[0]
     if kind not in FAULT_KINDS:
-        raise click.BadParameter(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}", param_hint="--fault")
+        raise click.BadParameter(
+            f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}",
+            param_hint="--fault",
+        )
     fault: dict[str, Any] = {"kind": kind}
     aliases = {"onset": "onset_round", "end": "end_round", "client": "clients"}
     for part in parts[1:]:
@@ -35,14 +38,14 @@ def parse_fault(text: str) -> dict[str, Any]:
             raise click.BadParameter(f"{text!r}: {part!r} is not key=value", param_hint="--fault")
         key, value = (s.strip() for s in part.split("=", 1))
         key = aliases.get(key, key)
-        if key == "clients":
-            fault[key] = [_scalar(v) for v in value.split(",") if v.strip()]
-        elif "," in value:
+        if key == "clients" or "," in value:
             fault[key] = [_scalar(v) for v in value.split(",") if v.strip()]
         else:
             fault[key] = _scalar(value)
     if "clients" not in fault:
-        raise click.BadParameter(f"{text!r}: name the clients, e.g. {kind}:clients=3,7", param_hint="--fault")
+        raise click.BadParameter(
+            f"{text!r}: name the clients, e.g. {kind}:clients=3,7", param_hint="--fault"
+        )
     return fault
 
 
@@ -104,27 +107,49 @@ class _Tee:
 
 
 @click.command()
-@click.option("--scenario", "scenario_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Scenario file (.yaml/.yml/.toml). Default: the built-in demo.")
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Scenario file (.yaml/.yml/.toml). Default: the built-in demo.",
+)
 @click.option("--url", help="fedsentinel service to send to, e.g. http://127.0.0.1:8080.")
-@click.option("--api-key", envvar="FEDSENTINEL_API_KEY", help="API key for --url (or FEDSENTINEL_API_KEY).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write JSON lines for `fedsentinel replay` (overwritten).")
-@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ground-truth file. Default: next to --out (NAME.truth.json), else ./data/RUN.truth.json.")
-@click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="SDK spool for --url while the service is down. Default: a temporary directory.")
+@click.option(
+    "--api-key", envvar="FEDSENTINEL_API_KEY", help="API key for --url (or FEDSENTINEL_API_KEY)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write JSON lines for `fedsentinel replay` (overwritten).",
+)
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ground-truth file. Default: next to --out (NAME.truth.json), else ./data/RUN.truth.json.",
+)
+@click.option(
+    "--spool-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="SDK spool for --url while the service is down. Default: a temporary directory.",
+)
 @click.option("--run-id", help="Override the run id.")
 @click.option("--clients", "num_clients", type=int, help="Override the number of clients.")
 @click.option("--rounds", type=int, help="Override the number of rounds.")
 @click.option("--alpha", type=float, help="Override the Dirichlet alpha.")
-@click.option("--partition", type=click.Choice(["iid", "dirichlet", "quantity", "feature", "natural"]))
+@click.option(
+    "--partition", type=click.Choice(["iid", "dirichlet", "quantity", "feature", "natural"])
+)
 @click.option("--seed", type=int, help="Override the seed.")
 @click.option("--dataset", type=click.Choice(["digits", "synthetic", "breast_cancer", "wine"]))
 @click.option("--model", type=click.Choice(["logreg", "mlp"]))
 @click.option("--engine", type=click.Choice(["batched", "sequential"]))
-@click.option("--fault", "faults", multiple=True, metavar="KIND:clients=3,7:onset=10:severity=0.8",
-              help="Add a fault (repeatable). Extra key=value pairs are the kind's options.")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND:clients=3,7:onset=10:severity=0.8",
+    help="Add a fault (repeatable). Extra key=value pairs are the kind's options.",
+)
 @click.option("--no-faults", is_flag=True, help="Drop the scenario's faults (a healthy run).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate(
@@ -154,7 +179,9 @@ def simulate(
     from simulator.simulation import run_scenario
 
     if url is None and out is None:
-        raise click.UsageError("give --url (send to a running service) or --out (write JSON lines), or both")
+        raise click.UsageError(
+            "give --url (send to a running service) or --out (write JSON lines), or both"
+        )
     overrides = {
         "run_id": run_id,
         "num_clients": num_clients,
@@ -168,7 +195,11 @@ def simulate(
     }
     scenario = build_scenario(scenario_path, overrides, list(faults), no_faults)
     if truth is None:
-        truth = out.with_name(out.name.removesuffix(".jsonl") + ".truth.json") if out else Path("data") / f"{scenario.run_id}.truth.json"
+        truth = (
+            out.with_name(out.name.removesuffix(".jsonl") + ".truth.json")
+            if out
+            else Path("data") / f"{scenario.run_id}.truth.json"
+        )
 
     sinks: list[Any] = []
     closers: list[Any] = []
@@ -196,7 +227,9 @@ def simulate(
             c.close()
     _print_summary(console, scenario, result)
     if client is not None and client.pending():
-        console.print(f"[yellow]{client.pending()} records still spooled in {client.spool.path}: the service was unreachable[/]")
+        console.print(
+            f"[yellow]{client.pending()} records still spooled in {client.spool.path}: the service was unreachable[/]"
+        )
 
 
 def _print_summary(console: Any, scenario: Scenario, result: Any) -> None:
@@ -205,7 +238,9 @@ def _print_summary(console: Any, scenario: Scenario, result: Any) -> None:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    table = Table(title=f"run {scenario.run_id}: {scenario.rounds} rounds, {scenario.num_clients} clients")
+    table = Table(
+        title=f"run {scenario.run_id}: {scenario.rounds} rounds, {scenario.num_clients} clients"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("global accuracy", pct(result.final_accuracy))

@@ -47,7 +47,13 @@ import torch
 
 from simulator.scenario import FaultSpec, Scenario
 
-DATA_FAULTS = ("label_drift", "covariate_shift", "label_flip", "noisy_labels", "fairness_regression")
+DATA_FAULTS = (
+    "label_drift",
+    "covariate_shift",
+    "label_flip",
+    "noisy_labels",
+    "fairness_regression",
+)
 UPDATE_FAULTS = ("free_rider", "exploding_update", "nonfinite_update")
 
 
@@ -103,9 +109,13 @@ class FaultPlan:
         self._by_client: dict[int, list[ActiveFault]] = {}
         for i, spec in enumerate(scenario.faults):
             for c in spec.clients:
-                self._by_client.setdefault(scenario.client_index(c), []).append(ActiveFault(i, spec))
+                self._by_client.setdefault(scenario.client_index(c), []).append(
+                    ActiveFault(i, spec)
+                )
 
-    def active(self, client: int, round: int, kinds: tuple[str, ...] | None = None) -> list[ActiveFault]:
+    def active(
+        self, client: int, round: int, kinds: tuple[str, ...] | None = None
+    ) -> list[ActiveFault]:
         return [
             f
             for f in self._by_client.get(client, [])
@@ -183,9 +193,12 @@ def apply_data_faults(
             progress = min(1.0, (round - f.spec.onset_round + 1) / ramp) * s
             fixed = fault_rng(ctx.seed, 0, client, f.index)  # the same rows drift every round
             perm = ctx.cohort_permutation(f.index)
-            amount = (progress * float(f.option("shift", 0.5)) * ctx.feature_std * ctx.cohort_signs(f.index)).astype(
-                np.float32
-            )
+            amount = (
+                progress
+                * float(f.option("shift", 0.5))
+                * ctx.feature_std
+                * ctx.cohort_signs(f.index)
+            ).astype(np.float32)
             for x, y in ((x_train, y_train), (x_test, y_test)):
                 rows = fixed.random(len(y)) < progress
                 y[rows] = perm[y[rows]]
@@ -204,7 +217,9 @@ def apply_update_faults(
     nonfinite = False
     for f in faults:
         s = f.severity
-        gen = torch.Generator().manual_seed(int(fault_rng(seed, round, client, f.index).integers(2**62)))
+        gen = torch.Generator().manual_seed(
+            int(fault_rng(seed, round, client, f.index).integers(2**62))
+        )
         if f.kind == "free_rider":
             noise = torch.randn(delta.shape, generator=gen) * float(f.option("noise_std", 1e-4))
             delta = (1.0 - s) * delta + s * noise
@@ -222,7 +237,8 @@ def apply_update_faults(
 def drops_out(faults: list[ActiveFault], *, round: int, client: int, seed: int) -> bool:
     """Whether a sampled client silently sends nothing this round."""
     return any(
-        f.kind == "dropout" and fault_rng(seed, round, client, f.index).random() < f.severity for f in faults
+        f.kind == "dropout" and fault_rng(seed, round, client, f.index).random() < f.severity
+        for f in faults
     )
 
 

@@ -72,8 +72,3 @@ def unflatten(vector: torch.Tensor, like: Params) -> Params:
         out[name] = vector[start : start + p.numel()].reshape(p.shape)
         start += p.numel()
     return out
-
-
-def stack(params: Params, k: int) -> Params:
-    """``k`` independent copies of ``params`` stacked on a new leading axis."""
-    return {name: p.unsqueeze(0).repeat(k, *([1] * p.dim())) for name, p in params.items()}

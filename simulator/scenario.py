@@ -121,12 +121,21 @@ class FaultSpec(_Strict):
                 hint = ", ".join(sorted(allowed)) or "none"
                 raise ValueError(f"fault {self.kind}: unknown option {key!r} (accepted: {hint})")
             if isinstance(value, bool) or not isinstance(value, allowed[key]):
-                raise ValueError(f"fault {self.kind}: option {key!r} has the wrong type ({value!r})")
+                raise ValueError(
+                    f"fault {self.kind}: option {key!r} has the wrong type ({value!r})"
+                )
         if self.end_round is not None and self.end_round < self.onset_round:
-            raise ValueError(f"fault {self.kind}: end_round {self.end_round} is before onset_round {self.onset_round}")
+            raise ValueError(
+                f"fault {self.kind}: end_round {self.end_round} is before onset_round {self.onset_round}"
+            )
         if self.kind in _FRACTION_SEVERITY and self.severity > 1:
-            raise ValueError(f"fault {self.kind}: severity is a fraction/probability and must be <= 1")
-        if self.kind == "nonfinite_update" and self.options.get("value", "nan") not in ("nan", "inf"):
+            raise ValueError(
+                f"fault {self.kind}: severity is a fraction/probability and must be <= 1"
+            )
+        if self.kind == "nonfinite_update" and self.options.get("value", "nan") not in (
+            "nan",
+            "inf",
+        ):
             raise ValueError("fault nonfinite_update: option value must be 'nan' or 'inf'")
         return self
 
@@ -171,15 +180,21 @@ class Scenario(_Strict):
     synthetic_iid: bool = False
     synthetic_max_examples: int | None = Field(default=None, ge=50)
     partition: Literal["iid", "dirichlet", "quantity", "feature", "natural"] = "iid"
-    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (label or quantity skew).")
-    feature_skew: float = Field(default=0.5, ge=0, description="Strength of the per-client affine feature map.")
+    alpha: float = Field(
+        default=0.5, gt=0, description="Dirichlet concentration (label or quantity skew)."
+    )
+    feature_skew: float = Field(
+        default=0.5, ge=0, description="Strength of the per-client affine feature map."
+    )
     num_clients: int = Field(default=10, ge=1, le=100_000)
     test_fraction: float = Field(default=0.2, ge=0, lt=1)
     rounds: int = Field(default=20, ge=1)
     model: Literal["logreg", "mlp"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])
     algorithm: Literal["fedavg", "fedprox"] = "fedavg"
-    mu: float = Field(default=0.01, ge=0, description="FedProx proximal weight (ignored by fedavg).")
+    mu: float = Field(
+        default=0.01, ge=0, description="FedProx proximal weight (ignored by fedavg)."
+    )
     sample_fraction: float = Field(default=1.0, gt=0, le=1)
     local_epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=16, ge=1)
@@ -206,7 +221,9 @@ class Scenario(_Strict):
     @model_validator(mode="after")
     def _check(self) -> Scenario:
         if self.partition == "natural" and self.dataset != "synthetic":
-            raise ValueError(f"dataset {self.dataset} has no natural split; use iid, dirichlet, quantity or feature")
+            raise ValueError(
+                f"dataset {self.dataset} has no natural split; use iid, dirichlet, quantity or feature"
+            )
         for i, fault in enumerate(self.faults):
             for c in fault.clients:
                 try:
@@ -290,7 +307,13 @@ def demo_scenario() -> Scenario:
         batch_size=16,
         local_baselines=True,
         faults=[
-            FaultSpec(kind="label_drift", clients=[3], onset_round=10, severity=0.7, options={"target_class": 1}),
+            FaultSpec(
+                kind="label_drift",
+                clients=[3],
+                onset_round=10,
+                severity=0.7,
+                options={"target_class": 1},
+            ),
             FaultSpec(kind="nonfinite_update", clients=[11], onset_round=14, severity=1.0),
             FaultSpec(kind="dropout", clients=[20, 21, 22], onset_round=18, severity=1.0),
         ],

@@ -167,14 +167,18 @@ class Simulation:
         self.scenario = scenario
         self.fed = federation or build_federation(scenario)
         ds = self.fed.dataset
-        self.model = make_model(scenario.model, ds.num_features, ds.num_classes, scenario.hidden, seed=scenario.seed)
+        self.model = make_model(
+            scenario.model, ds.num_features, ds.num_classes, scenario.hidden, seed=scenario.seed
+        )
         self.init_params: Params = get_params(self.model)
         self.global_params: Params = get_params(self.model)
         self.P = num_params(self.global_params)
         self.R = sketch_matrix(self.P, scenario.sketch_dim, scenario.effective_sketch_seed)
         self.plan = F.FaultPlan(scenario)
         X_pool, y_pool = self.fed.pooled_train()
-        self.ctx = F.FaultContext(ds.num_classes, self.fed.feature_std, X_pool, y_pool, scenario.seed)
+        self.ctx = F.FaultContext(
+            ds.num_classes, self.fed.feature_std, X_pool, y_pool, scenario.seed
+        )
         X_test, y_test = self.fed.pooled_test()
         self.X_test = torch.from_numpy(X_test)
         self.Y_test = torch.from_numpy(y_test)
@@ -325,8 +329,12 @@ class Simulation:
         train_seconds = 0.0
         if K:
             sizes = np.array([len(y) for y in ys_tr])
-            keys_all = np.random.default_rng([seed, _KEYS, r]).random((s.local_epochs, self.total_train_rows))
-            cols = np.concatenate([fed.train_offsets[k] + np.arange(n) for k, n in zip(trainers, sizes, strict=True)])
+            keys_all = np.random.default_rng([seed, _KEYS, r]).random(
+                (s.local_epochs, self.total_train_rows)
+            )
+            cols = np.concatenate(
+                [fed.train_offsets[k] + np.arange(n) for k, n in zip(trainers, sizes, strict=True)]
+            )
             schedule = make_schedule(sizes, s.local_epochs, s.batch_size, keys_all[:, cols])
             X = torch.from_numpy(np.concatenate(xs_tr))
             Y = torch.from_numpy(np.concatenate(ys_tr))
@@ -343,7 +351,9 @@ class Simulation:
             for i, k in enumerate(trainers):
                 active = self.plan.active(k, r, F.UPDATE_FAULTS)
                 if active:
-                    deltas[i], nonfinite[i] = F.apply_update_faults(deltas[i], active, round=r, client=k, seed=seed)
+                    deltas[i], nonfinite[i] = F.apply_update_faults(
+                        deltas[i], active, round=r, client=k, seed=seed
+                    )
             norms = deltas.norm(dim=1)
             sketches = sketch(deltas, self.R)
             clipped = None
@@ -380,7 +390,9 @@ class Simulation:
                 feat = feat + feat_noise[trainers]
             nbins = [len(e) - 1 for e in fed.edges]
             wt = s.wall_time
-            jitter = np.random.default_rng([seed, _JITTER, r]).lognormal(0.0, wt.jitter_sigma, fed.num_clients)
+            jitter = np.random.default_rng([seed, _JITTER, r]).lognormal(
+                0.0, wt.jitter_sigma, fed.num_clients
+            )
             seen = local.seen.numpy()
 
             # one bulk conversion to Python floats (per-element float() is slow at 1000s of clients)
@@ -392,7 +404,10 @@ class Simulation:
             lab_l, feat_l = lab.tolist(), feat.tolist()
             for i, k in enumerate(trainers):
                 factor = F.wall_time_factor(self.plan.active(k, r, ("straggler",)))
-                wall = (wt.overhead_seconds + wt.seconds_per_example * seen[i] * self.speed[k] * jitter[k]) * factor
+                wall = (
+                    wt.overhead_seconds
+                    + wt.seconds_per_example * seen[i] * self.speed[k] * jitter[k]
+                ) * factor
                 rep: dict[str, Any] = {
                     "client_id": s.client_id(k),
                     "status": "ok",
@@ -405,7 +420,9 @@ class Simulation:
                     "update_norm": norms_l[i],
                     "update_sketch": sketches_l[i],
                     "label_histogram": lab_l[i],
-                    "feature_histograms": [row[:nb] for row, nb in zip(feat_l[i], nbins, strict=True)],
+                    "feature_histograms": [
+                        row[:nb] for row, nb in zip(feat_l[i], nbins, strict=True)
+                    ],
                 }
                 if s.histogram_noise:
                     rep["histogram_noise"] = {
@@ -430,11 +447,19 @@ class Simulation:
 
         # aggregate the finite updates that arrived
         all_deltas = torch.cat([deltas, torch.stack(stale_deltas)]) if stale else deltas
-        all_bad = torch.cat([nonfinite, torch.tensor(stale_nonfinite, dtype=torch.bool)]) if stale else nonfinite
+        all_bad = (
+            torch.cat([nonfinite, torch.tensor(stale_nonfinite, dtype=torch.bool)])
+            if stale
+            else nonfinite
+        )
         all_sizes = [reports[k]["num_examples"] for k in trainers] + stale_sizes
         finite = ~all_bad & torch.isfinite(all_deltas).all(dim=1)
         keep = all_deltas[finite]
-        weights = torch.tensor(all_sizes, dtype=torch.float32)[finite] if len(all_sizes) else torch.zeros(0)
+        weights = (
+            torch.tensor(all_sizes, dtype=torch.float32)[finite]
+            if len(all_sizes)
+            else torch.zeros(0)
+        )
         aggregate: torch.Tensor | None = None
         if s.dp:
             clipped_deltas, _ = clip_updates(keep, s.dp.clip_norm)
@@ -443,20 +468,26 @@ class Simulation:
                 noise_multiplier=s.dp.noise_multiplier,
                 clip_norm=s.dp.clip_norm,
                 expected_clients=s.sample_fraction * fed.num_clients,
-                generator=torch.Generator().manual_seed(int(np.random.default_rng([seed, _DPNOISE, r]).integers(2**62))),
+                generator=torch.Generator().manual_seed(
+                    int(np.random.default_rng([seed, _DPNOISE, r]).integers(2**62))
+                ),
             )
         elif len(keep):
             aggregate = (weights[:, None] * keep).sum(dim=0) / weights.sum()
         if aggregate is not None:
             new_flat = flatten(self.global_params) + aggregate
-            self.global_params = {n: p.clone() for n, p in unflatten(new_flat, self.global_params).items()}
+            self.global_params = {
+                n: p.clone() for n, p in unflatten(new_flat, self.global_params).items()
+            }
 
         g_loss, g_acc = self.global_eval()
         close: dict[str, Any] = {
             "global_eval_loss": g_loss,
             "global_eval_accuracy": g_acc,
             "aggregate_update_norm": _f(aggregate.norm()) if aggregate is not None else None,
-            "aggregate_sketch": sketch(aggregate[None, :], self.R)[0].tolist() if aggregate is not None else None,
+            "aggregate_sketch": sketch(aggregate[None, :], self.R)[0].tolist()
+            if aggregate is not None
+            else None,
             "num_sampled": len(sampled),
         }
         if self.ledger is not None:
@@ -469,7 +500,12 @@ class Simulation:
     def global_eval(self) -> tuple[float, float]:
         """The global model on the pooled (clean) held-out data: (mean CE, accuracy)."""
         loss, hits, count = evaluate_groups(
-            self.model, self.global_params, self.X_test, self.Y_test, torch.zeros(len(self.Y_test), dtype=torch.int64), 1
+            self.model,
+            self.global_params,
+            self.X_test,
+            self.Y_test,
+            torch.zeros(len(self.Y_test), dtype=torch.int64),
+            1,
         )
         n = max(float(count[0]), 1.0)
         acc = float(hits[0]) / n
@@ -497,7 +533,9 @@ class Simulation:
             fed.num_clients,
         )
         return {
-            self.scenario.client_id(k): float(hits[k] / count[k]) for k in range(fed.num_clients) if count[k] > 0
+            self.scenario.client_id(k): float(hits[k] / count[k])
+            for k in range(fed.num_clients)
+            if count[k] > 0
         }
 
 
@@ -551,7 +589,13 @@ def run_scenario(
 
     if progress:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -574,7 +618,9 @@ def run_scenario(
     local = None
     if sim.local_accuracy is not None:
         local = {
-            scenario.client_id(k): float(a) for k, a in enumerate(sim.local_accuracy) if np.isfinite(a)
+            scenario.client_id(k): float(a)
+            for k, a in enumerate(sim.local_accuracy)
+            if np.isfinite(a)
         }
     return SimulationResult(
         run_id=scenario.run_id,

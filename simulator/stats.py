@@ -31,7 +31,9 @@ def feature_bin_edges(X_ref: np.ndarray, bins: int) -> list[np.ndarray]:
     return edges
 
 
-def label_histograms(y: np.ndarray, client: np.ndarray, num_clients: int, num_classes: int) -> np.ndarray:
+def label_histograms(
+    y: np.ndarray, client: np.ndarray, num_clients: int, num_classes: int
+) -> np.ndarray:
     """``[K, C]`` label counts; ``client[i]`` is the client of row i."""
     flat = np.bincount(client * num_classes + y, minlength=num_clients * num_classes)
     return flat.reshape(num_clients, num_classes).astype(np.float64)
@@ -73,7 +75,9 @@ def sketch(deltas: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return deltas @ matrix
 
 
-def add_histogram_noise(hist: np.ndarray, mechanism: str, scale: float, rng: np.random.Generator) -> np.ndarray:
+def add_histogram_noise(
+    hist: np.ndarray, mechanism: str, scale: float, rng: np.random.Generator
+) -> np.ndarray:
     """Local DP: independent Laplace(b=scale) or Gaussian(sigma=scale) noise on every bin.
 
     Counts are not clipped at 0 afterwards: clipping biases the estimate, and the

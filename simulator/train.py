@@ -211,7 +211,9 @@ def train_sequential(
         n: torch.stack(v) if v else global_params[n].new_zeros((0, *global_params[n].shape))
         for n, v in out.items()
     }
-    return LocalTraining(params, flatten_stacked(params), loss_sum, correct, schedule.weight.sum(dim=(1, 2)))
+    return LocalTraining(
+        params, flatten_stacked(params), loss_sum, correct, schedule.weight.sum(dim=(1, 2))
+    )
 
 
 def train(engine: str, *args, **kwargs) -> LocalTraining:

@@ -70,7 +70,7 @@ def test_synthetic_matches_the_recipe_moments() -> None:
 
 def test_synthetic_iid_shares_one_model_and_zero_means() -> None:
     ds, truth = make_synthetic(0.0, 0.0, 20, np.random.default_rng(3), iid=True, max_examples=300)
-    assert np.all(truth.W == truth.W[0]) and np.all(truth.b == truth.b[0])
+    assert np.all(truth.W[0] == truth.W) and np.all(truth.b == truth.b[0])
     assert np.all(truth.v == 0)
     assert abs(truth.W[0].std() - 1.0) < 0.1
     np.testing.assert_allclose(ds.X.mean(axis=0), 0.0, atol=0.05)

@@ -47,7 +47,9 @@ def healthy() -> RecordingSink:
 
 
 def _fault(kind: str, severity: float = 1.0, clients=(2,), **options) -> FaultSpec:
-    return FaultSpec(kind=kind, clients=list(clients), onset_round=ONSET, severity=severity, options=options)
+    return FaultSpec(
+        kind=kind, clients=list(clients), onset_round=ONSET, severity=severity, options=options
+    )
 
 
 def _same(a, b) -> bool:
@@ -58,7 +60,9 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _assert_healthy_untouched(faulty: RecordingSink, healthy: RecordingSink, victims=(VICTIM,)) -> None:
+def _assert_healthy_untouched(
+    faulty: RecordingSink, healthy: RecordingSink, victims=(VICTIM,)
+) -> None:
     hb, fb = healthy.by_client(ONSET), faulty.by_client(ONSET)
     others = [c for c in hb if c not in victims]
     assert len(others) == 8 - len(victims)
@@ -115,7 +119,11 @@ def test_label_flip_turns_the_update_away(healthy) -> None:
     assert _cos(f["update_sketch"], h["update_sketch"]) < 0.5
     aggregate = faulty.closes[ONSET]["aggregate_sketch"]
     cos_victim = _cos(f["update_sketch"], aggregate)
-    cos_others = [_cos(r["update_sketch"], aggregate) for c, r in faulty.by_client(ONSET).items() if c != VICTIM]
+    cos_others = [
+        _cos(r["update_sketch"], aggregate)
+        for c, r in faulty.by_client(ONSET).items()
+        if c != VICTIM
+    ]
     assert cos_victim < min(cos_others)
     _assert_healthy_untouched(faulty, healthy)
 
@@ -150,8 +158,13 @@ def test_exploding_update_scales_the_delta(healthy) -> None:
     faulty = _run(_fault("exploding_update", 1.0, scale=50.0))
     f, h = faulty.by_client(ONSET)[VICTIM], healthy.by_client(ONSET)[VICTIM]
     assert f["update_norm"] == pytest.approx(50 * h["update_norm"], rel=1e-4)
-    np.testing.assert_allclose(f["update_sketch"], 50 * np.asarray(h["update_sketch"]), rtol=1e-3, atol=1e-4)
-    assert faulty.closes[ONSET]["aggregate_update_norm"] > 3 * healthy.closes[ONSET]["aggregate_update_norm"]
+    np.testing.assert_allclose(
+        f["update_sketch"], 50 * np.asarray(h["update_sketch"]), rtol=1e-3, atol=1e-4
+    )
+    assert (
+        faulty.closes[ONSET]["aggregate_update_norm"]
+        > 3 * healthy.closes[ONSET]["aggregate_update_norm"]
+    )
     _assert_healthy_untouched(faulty, healthy)
 
 
@@ -161,7 +174,9 @@ def test_nonfinite_update_is_reported_and_kept_out_of_the_model(healthy) -> None
     assert math.isnan(f["update_norm"]) and math.isnan(f["train_loss"])
     assert any(math.isnan(v) for v in f["update_sketch"])
     close = faulty.closes[ONSET]
-    assert math.isfinite(close["global_eval_loss"]) and math.isfinite(close["aggregate_update_norm"])
+    assert math.isfinite(close["global_eval_loss"]) and math.isfinite(
+        close["aggregate_update_norm"]
+    )
     for rep in faulty.by_client(ONSET + 1).values():  # the next round trains on a finite model
         if rep["client_id"] != VICTIM:
             assert math.isfinite(rep["update_norm"]) and math.isfinite(rep["eval_loss"])
@@ -191,7 +206,13 @@ def test_straggler_reports_late_with_the_same_statistics(healthy) -> None:
 
 def test_fairness_regression_serves_the_minority_worse_while_the_mean_improves() -> None:
     cohort = ["c000", "c001"]
-    fault = FaultSpec(kind="fairness_regression", clients=[0, 1], onset_round=3, severity=1.0, options={"ramp_rounds": 6})
+    fault = FaultSpec(
+        kind="fairness_regression",
+        clients=[0, 1],
+        onset_round=3,
+        severity=1.0,
+        options={"ramp_rounds": 6},
+    )
     sink = RecordingSink()
     scenario = _scenario(fault, rounds=10)
     result = run_scenario(scenario, sink, progress=False, track_clients=True)
@@ -215,11 +236,21 @@ def test_fairness_regression_serves_the_minority_worse_while_the_mean_improves()
 def test_ground_truth_is_written_next_to_the_output(tmp_path) -> None:
     faults = [_fault("label_flip", 0.5, clients=("c001", 4)), _fault("dropout", 1.0, clients=(6,))]
     sink = RecordingSink()
-    result = run_scenario(_scenario(*faults, rounds=3), sink, progress=False, truth_path=tmp_path / "run.truth.json")
+    result = run_scenario(
+        _scenario(*faults, rounds=3), sink, progress=False, truth_path=tmp_path / "run.truth.json"
+    )
     body = json.loads((tmp_path / "run.truth.json").read_text())
     assert result.truth_path == tmp_path / "run.truth.json"
     got = {(t["client_id"], t["fault"], t["onset_round"], t["severity"]) for t in body["faults"]}
-    assert got == {("c001", "label_flip", 3, 0.5), ("c004", "label_flip", 3, 0.5), ("c006", "dropout", 3, 1.0)}
+    assert got == {
+        ("c001", "label_flip", 3, 0.5),
+        ("c004", "label_flip", 3, 0.5),
+        ("c006", "dropout", 3, 1.0),
+    }
     assert result.ground_truth == body["faults"]
-    healthy = run_scenario(_scenario(rounds=1), RecordingSink(), progress=False, truth_path=tmp_path / "h.json")
-    assert healthy.ground_truth == [] and json.loads((tmp_path / "h.json").read_text())["faults"] == []
+    healthy = run_scenario(
+        _scenario(rounds=1), RecordingSink(), progress=False, truth_path=tmp_path / "h.json"
+    )
+    assert (
+        healthy.ground_truth == [] and json.loads((tmp_path / "h.json").read_text())["faults"] == []
+    )

@@ -82,7 +82,10 @@ def test_defaults_and_ids() -> None:
         ({"faults": [{"kind": "label_flipp", "clients": [1]}]}, "label_flipp"),
         ({"faults": [{"kind": "label_flip", "clients": [10]}]}, "outside 0..9"),
         ({"faults": [{"kind": "label_flip", "clients": ["x7"]}]}, "neither an index"),
-        ({"faults": [{"kind": "label_flip", "clients": [1], "onset_round": 30}]}, "after the last round"),
+        (
+            {"faults": [{"kind": "label_flip", "clients": [1], "onset_round": 30}]},
+            "after the last round",
+        ),
         ({"faults": [{"kind": "straggler", "clients": [1], "scale": 3}]}, "unknown option 'scale'"),
         ({"faults": [{"kind": "noisy_labels", "clients": [1], "severity": 2}]}, "must be <= 1"),
         ({"faults": [{"kind": "label_flip", "clients": []}]}, "at least 1"),
@@ -107,4 +110,6 @@ def test_fault_options_roundtrip() -> None:
     f = FaultSpec.model_validate({"kind": "exploding_update", "clients": [0], "scale": 1e3})
     assert f.options == {"scale": 1e3}
     assert FaultSpec.model_validate(f.model_dump()) == f
-    assert f.active(1) and not FaultSpec(kind="dropout", clients=[0], onset_round=3, end_round=4).active(5)
+    assert f.active(1) and not FaultSpec(
+        kind="dropout", clients=[0], onset_round=3, end_round=4
+    ).active(5)

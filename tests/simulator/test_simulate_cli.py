@@ -16,7 +16,13 @@ FAST = ["--clients", "6", "--rounds", "3", "--no-faults", "--no-progress"]
 
 def test_parse_fault_flags() -> None:
     f = parse_fault("exploding_update:clients=3,c007:onset=10:severity=0.8:scale=50")
-    assert f == {"kind": "exploding_update", "clients": [3, "c007"], "onset_round": 10, "severity": 0.8, "scale": 50}
+    assert f == {
+        "kind": "exploding_update",
+        "clients": [3, "c007"],
+        "onset_round": 10,
+        "severity": 0.8,
+        "scale": 50,
+    }
     assert parse_fault("covariate_shift:clients=1:features=2,3")["features"] == [2, 3]
 
 
@@ -24,7 +30,15 @@ def test_writes_jsonl_and_truth(tmp_path) -> None:
     out = tmp_path / "run.jsonl"
     result = CliRunner().invoke(
         simulate,
-        [*FAST, "--out", str(out), "--run-id", "cli-run", "--fault", "label_flip:clients=2:onset=2:severity=1"],
+        [
+            *FAST,
+            "--out",
+            str(out),
+            "--run-id",
+            "cli-run",
+            "--fault",
+            "label_flip:clients=2:onset=2:severity=1",
+        ],
     )
     assert result.exit_code == 0, result.output
     records = [rec for _, rec in read_records(out)]
@@ -40,12 +54,18 @@ def test_writes_jsonl_and_truth(tmp_path) -> None:
 
 def test_scenario_file_and_overrides(tmp_path) -> None:
     scenario = tmp_path / "s.toml"
-    scenario.write_text('run_id = "from-file"\nnum_clients = 4\nrounds = 2\nmodel = "logreg"\ncentralized_baseline = false\n')
+    scenario.write_text(
+        'run_id = "from-file"\nnum_clients = 4\nrounds = 2\nmodel = "logreg"\ncentralized_baseline = false\n'
+    )
     out = tmp_path / "o.jsonl"
-    result = CliRunner().invoke(simulate, ["--scenario", str(scenario), "--rounds", "1", "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(
+        simulate, ["--scenario", str(scenario), "--rounds", "1", "--out", str(out), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     records = [rec for _, rec in read_records(out)]
-    assert records[0]["body"]["run_id"] == "from-file" and records[0]["body"]["expected_clients"] == 4
+    assert (
+        records[0]["body"]["run_id"] == "from-file" and records[0]["body"]["expected_clients"] == 4
+    )
     assert [r.get("round") for r in records if r["op"] == "close_round"] == [1]
 
 
@@ -71,8 +91,12 @@ def test_needs_a_destination_and_a_valid_scenario_file(tmp_path) -> None:
     assert result.exit_code == 2 and "--url" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("rounds: [1\n")
-    result = CliRunner().invoke(simulate, ["--scenario", str(bad), "--out", str(tmp_path / "x.jsonl")])
-    assert result.exit_code == 2 and "bad.yaml" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(
+        simulate, ["--scenario", str(bad), "--out", str(tmp_path / "x.jsonl")]
+    )
+    assert (
+        result.exit_code == 2 and "bad.yaml" in result.output and "Traceback" not in result.output
+    )
 
 
 def test_sends_to_the_service_through_the_sdk(tmp_path, monkeypatch) -> None:
@@ -94,8 +118,18 @@ def test_sends_to_the_service_through_the_sdk(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(client_module.MonitorClient, "__init__", patched)
     result = CliRunner().invoke(
-        simulate, [*FAST, "--url", "http://fedsentinel.invalid", "--api-key", "k1", "--truth", str(tmp_path / "t.json"),
-                   "--spool-dir", str(tmp_path / "spool")],
+        simulate,
+        [
+            *FAST,
+            "--url",
+            "http://fedsentinel.invalid",
+            "--api-key",
+            "k1",
+            "--truth",
+            str(tmp_path / "t.json"),
+            "--spool-dir",
+            str(tmp_path / "spool"),
+        ],
     )
     assert result.exit_code == 0, result.output
     paths = [p for p, _ in seen]
@@ -110,10 +144,16 @@ def test_service_refusal_is_a_clean_error(tmp_path, monkeypatch) -> None:
     real = client_module.MonitorClient.__init__
 
     def patched(self, url, **kwargs):
-        kwargs["transport"] = httpx.MockTransport(lambda r: httpx.Response(401, json={"detail": "bad key"}))
+        kwargs["transport"] = httpx.MockTransport(
+            lambda r: httpx.Response(401, json={"detail": "bad key"})
+        )
         real(self, url, **kwargs)
 
     monkeypatch.setattr(client_module.MonitorClient, "__init__", patched)
-    result = CliRunner().invoke(simulate, [*FAST, "--url", "http://x.invalid", "--truth", str(tmp_path / "t.json")])
+    result = CliRunner().invoke(
+        simulate, [*FAST, "--url", "http://x.invalid", "--truth", str(tmp_path / "t.json")]
+    )
     assert result.exit_code == 1
-    assert "401" in result.output and "bad key" in result.output and "Traceback" not in result.output
+    assert (
+        "401" in result.output and "bad key" in result.output and "Traceback" not in result.output
+    )

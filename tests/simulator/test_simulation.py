@@ -24,7 +24,7 @@ from tests.simulator.conftest import RecordingSink
 def _validate(sink: RecordingSink) -> RunCreate:
     assert sink.registrations == 1
     run = RunCreate.model_validate(sink.spec)
-    for r, reports in sink.reports.items():
+    for reports in sink.reports.values():
         ReportBatch.model_validate({"reports": reports})
         for d in reports:
             validate_report_against_run(ClientReport.model_validate(d), run)
@@ -35,7 +35,11 @@ def _validate(sink: RecordingSink) -> RunCreate:
 
 def test_demo_runs_fast_validates_and_injects_its_faults(tmp_path) -> None:
     scenario = demo_scenario()
-    assert scenario.num_clients == 30 and scenario.partition == "dirichlet" and len(scenario.faults) == 3
+    assert (
+        scenario.num_clients == 30
+        and scenario.partition == "dirichlet"
+        and len(scenario.faults) == 3
+    )
     sink = RecordingSink()
     start = time.perf_counter()
     result = run_scenario(scenario, sink, progress=False, truth_path=tmp_path / "demo.truth.json")
@@ -53,8 +57,16 @@ def test_demo_runs_fast_validates_and_injects_its_faults(tmp_path) -> None:
     assert math.isnan(sink.by_client(14)["c011"]["update_norm"])
     assert {"c020", "c021", "c022"} <= sink.by_client(17).keys()
     assert not {"c020", "c021", "c022"} & sink.by_client(18).keys()
-    assert sink.by_client(9)["c003"]["label_histogram"][1] / sum(sink.by_client(9)["c003"]["label_histogram"]) < 0.5
-    assert sink.by_client(10)["c003"]["label_histogram"][1] / sum(sink.by_client(10)["c003"]["label_histogram"]) > 0.6
+    assert (
+        sink.by_client(9)["c003"]["label_histogram"][1]
+        / sum(sink.by_client(9)["c003"]["label_histogram"])
+        < 0.5
+    )
+    assert (
+        sink.by_client(10)["c003"]["label_histogram"][1]
+        / sum(sink.by_client(10)["c003"]["label_histogram"])
+        > 0.6
+    )
     assert all(math.isfinite(c["global_eval_loss"]) for c in sink.closes.values())
     assert result.final_accuracy > 0.85
     assert result.local_accuracy is not None and len(result.local_accuracy) == 30
@@ -64,8 +76,15 @@ def test_demo_runs_fast_validates_and_injects_its_faults(tmp_path) -> None:
 
 
 def test_same_seed_same_statistics_other_seed_other_statistics() -> None:
-    scenario = Scenario(num_clients=6, rounds=3, partition="dirichlet", sample_fraction=0.5, hidden=[16],
-                        centralized_baseline=False, histogram_noise={"mechanism": "laplace", "scale": 1.0})
+    scenario = Scenario(
+        num_clients=6,
+        rounds=3,
+        partition="dirichlet",
+        sample_fraction=0.5,
+        hidden=[16],
+        centralized_baseline=False,
+        histogram_noise={"mechanism": "laplace", "scale": 1.0},
+    )
     a, b, c = RecordingSink(), RecordingSink(), RecordingSink()
     run_scenario(scenario, a, progress=False)
     run_scenario(scenario, b, progress=False)
@@ -76,7 +95,9 @@ def test_same_seed_same_statistics_other_seed_other_statistics() -> None:
 
 def test_digits_mlp_iid_reaches_093_and_centralized_095() -> None:
     sink = RecordingSink()
-    result = run_scenario(Scenario(num_clients=10, rounds=20, partition="iid", model="mlp"), sink, progress=False)
+    result = run_scenario(
+        Scenario(num_clients=10, rounds=20, partition="iid", model="mlp"), sink, progress=False
+    )
     assert result.final_accuracy >= 0.93
     assert result.centralized_accuracy >= 0.95
     assert sink.closes[20]["global_eval_accuracy"] == pytest.approx(result.final_accuracy)
@@ -84,7 +105,9 @@ def test_digits_mlp_iid_reaches_093_and_centralized_095() -> None:
     assert result.fairness["worst"] <= result.fairness["mean"] <= result.fairness["best"]
     # statistics come from training: losses fall, eval improves, norms positive
     first, last = sink.by_client(1)["c000"], sink.by_client(20)["c000"]
-    assert last["train_loss"] < first["train_loss"] and last["eval_accuracy"] > first["eval_accuracy"]
+    assert (
+        last["train_loss"] < first["train_loss"] and last["eval_accuracy"] > first["eval_accuracy"]
+    )
     assert all(d["update_norm"] > 0 for d in sink.reports[20])
     assert sum(sink.by_client(1)["c000"]["label_histogram"]) == first["num_examples"]
     assert all(sum(h) == first["num_examples"] for h in first["feature_histograms"])
@@ -92,8 +115,16 @@ def test_digits_mlp_iid_reaches_093_and_centralized_095() -> None:
 
 def test_other_datasets_and_partitions_run_and_validate() -> None:
     for scenario in (
-        Scenario(dataset="synthetic", partition="natural", num_clients=5, rounds=2, model="logreg",
-                 synthetic_max_examples=300, algorithm="fedprox", mu=0.1),
+        Scenario(
+            dataset="synthetic",
+            partition="natural",
+            num_clients=5,
+            rounds=2,
+            model="logreg",
+            synthetic_max_examples=300,
+            algorithm="fedprox",
+            mu=0.1,
+        ),
         Scenario(dataset="breast_cancer", partition="quantity", alpha=1.0, num_clients=5, rounds=2),
         Scenario(dataset="wine", partition="feature", num_clients=3, rounds=2, model="logreg"),
     ):
@@ -105,23 +136,38 @@ def test_other_datasets_and_partitions_run_and_validate() -> None:
 
 def test_sketch_preserves_norms_and_cosines() -> None:
     sink = RecordingSink()
-    run_scenario(Scenario(num_clients=6, rounds=1, sketch_dim=512, centralized_baseline=False), sink, progress=False)
+    run_scenario(
+        Scenario(num_clients=6, rounds=1, sketch_dim=512, centralized_baseline=False),
+        sink,
+        progress=False,
+    )
     reps = sink.reports[1]
     for d in reps:
         assert np.linalg.norm(d["update_sketch"]) == pytest.approx(d["update_norm"], rel=0.15)
     agg = sink.closes[1]
-    assert np.linalg.norm(agg["aggregate_sketch"]) == pytest.approx(agg["aggregate_update_norm"], rel=0.15)
+    assert np.linalg.norm(agg["aggregate_sketch"]) == pytest.approx(
+        agg["aggregate_update_norm"], rel=0.15
+    )
 
 
 def test_dp_fedavg_clips_and_reports_epsilon_from_the_accountant() -> None:
     dp = {"noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-5}
-    scenario = Scenario(num_clients=20, rounds=4, sample_fraction=0.5, hidden=[16], centralized_baseline=False, dp=dp)
+    scenario = Scenario(
+        num_clients=20,
+        rounds=4,
+        sample_fraction=0.5,
+        hidden=[16],
+        centralized_baseline=False,
+        dp=dp,
+    )
     sink = RecordingSink()
     result = run_scenario(scenario, sink, progress=False)
     run = _validate(sink)
     assert run.dp is not None and run.dp.sample_rate == 0.5 and run.dp.clip_norm == 0.5
     for r in range(1, 5):
-        assert sink.closes[r]["epsilon"] == pytest.approx(epsilon_after(1.0, 0.5, r, 1e-5), rel=1e-9)
+        assert sink.closes[r]["epsilon"] == pytest.approx(
+            epsilon_after(1.0, 0.5, r, 1e-5), rel=1e-9
+        )
         for d in sink.reports.get(r, []):
             assert d["clipped"] == (d["update_norm"] > 0.5)
     assert any(d["clipped"] for d in sink.reports[1])
@@ -134,7 +180,11 @@ def test_dp_fedavg_clips_and_reports_epsilon_from_the_accountant() -> None:
 def test_histogram_noise_is_declared_and_applied() -> None:
     noisy, clean = RecordingSink(), RecordingSink()
     base = dict(num_clients=4, rounds=1, hidden=[16], centralized_baseline=False)
-    run_scenario(Scenario(**base, histogram_noise={"mechanism": "gaussian", "scale": 2.0}), noisy, progress=False)
+    run_scenario(
+        Scenario(**base, histogram_noise={"mechanism": "gaussian", "scale": 2.0}),
+        noisy,
+        progress=False,
+    )
     run_scenario(Scenario(**base), clean, progress=False)
     n, c = noisy.by_client(1)["c000"], clean.by_client(1)["c000"]
     assert n["histogram_noise"] == {"mechanism": "gaussian", "scale": 2.0}

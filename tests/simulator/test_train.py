@@ -64,8 +64,15 @@ def test_batched_equals_sequential(digits_tensors, kind: str, mu: float, epochs:
 def test_simulation_engines_give_the_same_global_model() -> None:
     """Whole rounds (sampling, FedAvg, FedProx) through both engines agree to float tolerance."""
     common = dict(
-        num_clients=12, rounds=3, partition="dirichlet", alpha=0.5, algorithm="fedprox", mu=0.1,
-        sample_fraction=0.5, local_epochs=2, centralized_baseline=False,
+        num_clients=12,
+        rounds=3,
+        partition="dirichlet",
+        alpha=0.5,
+        algorithm="fedprox",
+        mu=0.1,
+        sample_fraction=0.5,
+        local_epochs=2,
+        centralized_baseline=False,
     )
     sims = {e: Simulation(Scenario(**common, engine=e)) for e in ("batched", "sequential")}
     for r in (1, 2, 3):
@@ -78,15 +85,25 @@ def test_simulation_engines_give_the_same_global_model() -> None:
             assert rb[cid]["update_norm"] == pytest.approx(rs[cid]["update_norm"], rel=1e-4)
             assert rb[cid]["train_accuracy"] == pytest.approx(rs[cid]["train_accuracy"], abs=1e-6)
     torch.testing.assert_close(
-        flatten(sims["batched"].global_params), flatten(sims["sequential"].global_params), atol=1e-5, rtol=1e-4
+        flatten(sims["batched"].global_params),
+        flatten(sims["sequential"].global_params),
+        atol=1e-5,
+        rtol=1e-4,
     )
 
 
 def test_fedavg_one_client_one_step_is_centralized_sgd() -> None:
     """One client, batch = its whole training set, one epoch: w1 = w0 - lr * grad mean CE."""
     scen = Scenario(
-        num_clients=1, rounds=1, batch_size=10_000, local_epochs=1, lr=0.5, model="mlp",
-        hidden=[16], centralized_baseline=False, seed=5,
+        num_clients=1,
+        rounds=1,
+        batch_size=10_000,
+        local_epochs=1,
+        lr=0.5,
+        model="mlp",
+        hidden=[16],
+        centralized_baseline=False,
+        seed=5,
     )
     sim = Simulation(scen)
     x = torch.from_numpy(sim.fed.x_train[0])
@@ -100,7 +117,9 @@ def test_fedavg_one_client_one_step_is_centralized_sgd() -> None:
     opt.step()
     expected_loss = loss.detach().item()
     out = sim.run_round(1)
-    torch.testing.assert_close(flatten(sim.global_params), flatten(get_params(reference)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        flatten(sim.global_params), flatten(get_params(reference)), atol=1e-6, rtol=1e-5
+    )
     rep = out.reports[0]
     assert rep["train_loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert rep["num_examples"] == len(y)
