@@ -37,6 +37,8 @@ class LazyGroup(click.Group):
 LAZY_COMMANDS: dict[str, str] = {
     "simulate": "simulator.cli:simulate",
     "evaluate": "monitor.evaluate_cli:evaluate",
+    "dashboards": "monitor.dashboards.cli:dashboards",
+    "grafana": "monitor.dashboards.cli:grafana",
 }
 
 
