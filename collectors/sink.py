@@ -81,7 +81,7 @@ class JsonlWriter:
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (closed by close())
         self._fsync = fsync
 
     def _write(self, record: dict[str, Any]) -> None:

@@ -18,9 +18,9 @@ from monitor import __version__
 from monitor.api import alerts, queries, reports, runs
 from monitor.api.limits import BodySizeLimit
 from monitor.engine import Engine
-from monitor.notifier import notifier_from_settings
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.exporter import metrics_registry
+from monitor.notifier import notifier_from_settings
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.telemetry import RequestTimer, Telemetry

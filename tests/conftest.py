@@ -126,11 +126,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> ServiceProcess:
-        log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -154,6 +154,9 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
 
 
 @pytest.fixture

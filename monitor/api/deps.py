@@ -13,7 +13,6 @@ from monitor.schemas import ID_PATTERN
 from monitor.settings import Scope, Settings
 from monitor.store import Store
 
-
 RunId = Annotated[str, Path(pattern=ID_PATTERN, description="The run's id.")]
 ClientId = Annotated[str, Path(pattern=ID_PATTERN, description="A client's pseudonymous id.")]
 RoundNumber = Annotated[int, Path(ge=0, le=1_000_000_000, description="Round number.")]

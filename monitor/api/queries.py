@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlmodel import Session
 
 from monitor.api.deps import ClientId, Paging, ReadAccess, RoundNumber, RunId, read_session

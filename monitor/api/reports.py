@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from monitor.api.body import body_schema, json_body
 from monitor.api.deps import RoundNumber, RunId, WriteAccess, get_store

@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
-
-from monitor.api.deps import RunId
 from sqlmodel import Session
 
-from monitor.api.deps import Paging, ReadAccess, WriteAccess, get_store, read_session
+from monitor.api.deps import Paging, ReadAccess, RunId, WriteAccess, get_store, read_session
 from monitor.detectors import Thresholds
 from monitor.errors import InvalidInput
 from monitor.schemas import Page, RunCreate, RunDetail, RunRegistered, RunSummary
-from monitor.store import Store
-from monitor.store import queries, writes
+from monitor.store import Store, queries, writes
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

@@ -86,9 +86,8 @@ class Store:
     @contextmanager
     def write_session(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any error."""
-        with Session(self.write_engine, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
+        with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
