@@ -197,14 +197,29 @@ def build() -> dict[str, Any]:
 
     b.row("Privacy")
     budget = (threshold("FLPrivacyBudgetNearlySpent"), threshold("FLPrivacyBudgetExhausted"))
-    b.add(timeseries_panel(
-        "Epsilon spent vs budget",
-        "Differential-privacy epsilon spent so far (RDP accountant) and the run's target epsilon "
-        "(epsilon over the share of the budget spent). Empty for runs without DP settings.",
-        [query(f"fl_run_privacy_epsilon{{{R}}}", "epsilon spent"),
-         query(f"fl_run_privacy_epsilon{{{R}}} / fl_run_privacy_budget_spent_ratio{{{R}}}", "target epsilon")],
-        minimum=0, fill=0, decimals=2, overrides=[color_override("target epsilon", "red")],
-    ), 12)  # fmt: skip
+    target = f"(fl_run_privacy_epsilon{{{R}}} / fl_run_privacy_budget_spent_ratio{{{R}}})"
+    b.add(
+        timeseries_panel(
+            "Epsilon spent vs budget",
+            "Differential-privacy epsilon spent so far (RDP accountant) against the run's target epsilon "
+            "(epsilon over the share of the budget spent) and the level where "
+            f"FLPrivacyBudgetNearlySpent fires ({budget[0].value:.0%} of the target). Empty for runs "
+            "without DP settings.",
+            [
+                query(f"fl_run_privacy_epsilon{{{R}}}", "epsilon spent"),
+                query(f"{budget[1].value:g} * {target}", "target epsilon (budget)"),
+                query(f"{budget[0].value:g} * {target}", f"{budget[0].value:.0%} of target"),
+            ],
+            minimum=0,
+            fill=0,
+            decimals=2,
+            overrides=[
+                color_override("target epsilon (budget)", budget[1].color),
+                color_override(f"{budget[0].value:.0%} of target", budget[0].color),
+            ],
+        ),
+        12,
+    )
     b.add(timeseries_panel(
         "Privacy budget spent",
         f"Epsilon spent over the target epsilon. FLPrivacyBudgetNearlySpent fires at {budget[0].value:.0%}, "
