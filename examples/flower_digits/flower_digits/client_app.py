@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -42,8 +44,14 @@ def make_client_app(cfg: DigitsConfig | None = None, *, monitored: bool = True) 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         c = _config(cfg, context)
+        config = msg.content["config"]
+        c = replace(
+            c,
+            lr=float(config.get("lr", c.lr)),
+            local_epochs=int(config.get("local-epochs", c.local_epochs)),
+        )
         pid = int(context.node_config["partition-id"])
-        server_round = int(msg.content["config"]["server-round"])
+        server_round = int(config["server-round"])
         if pid == c.crash_client and server_round == c.crash_round:
             raise RuntimeError(f"client {pid} crashed in round {server_round} (injected)")
         data = client_data(c, pid, server_round)

@@ -54,7 +54,7 @@ def run_federation(
         grid=grid,
         initial_arrays=arrays,
         num_rounds=cfg.rounds,
-        train_config=ConfigRecord({"lr": cfg.lr}),
+        train_config=ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs}),
     )
 
 
