@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -205,7 +206,8 @@ def render(
         f"digits, MLP 64-64-10, IID, all clients every round, 1 local epoch, batch 16; "
         f"median of {rounds} rounds after one warm-up; each cell a fresh process. "
         f"{platform.processor() or platform.machine()}, torch threads {rows[0]['threads']}, "
-        f"Python {platform.python_version()}.",
+        f"Python {platform.python_version()}; 1-min load average {os.getloadavg()[0]:.1f} "
+        "at the end (other jobs share this machine: expect noise).",
         "",
         "| clients | sequential train s | batched train s | train speed-up | sequential round s | batched round s | round speed-up | peak RSS batched MiB | peak RSS sequential MiB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
