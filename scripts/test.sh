@@ -14,6 +14,7 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager
     echo "note: promtool/prometheus-alertmanager missing and not root: their tests will be skipped"
   fi
 fi
+command -v docker-compose >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } || echo "note: docker-compose missing: the compose-file test will be skipped"
 
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
