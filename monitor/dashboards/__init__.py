@@ -7,6 +7,12 @@ an existing Grafana in :mod:`push`, and the ``fedsentinel dashboards`` /
 ``fedsentinel grafana`` commands in :mod:`cli`.
 """
 
-from monitor.dashboards.kit import DATASOURCE_NAME, DATASOURCE_UID
+import warnings
+
+with warnings.catch_warnings():
+    # The SDK nudges towards its v2 dashboard model at import; file provisioning and
+    # /api/dashboards/db read the v1 model (schemaVersion 42) these modules build.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from monitor.dashboards.kit import DATASOURCE_NAME, DATASOURCE_UID
 
 __all__ = ["DATASOURCE_UID", "DATASOURCE_NAME"]
