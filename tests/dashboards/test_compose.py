@@ -125,6 +125,8 @@ def test_ports_and_urls_agree_across_files() -> None:
             assert urlsplit(hook["url"]).path == "/api/v1/alerts/webhook"
 
     urls = {d["type"]: d["url"] for d in datasources["datasources"]}
+    [prom_ds] = [d for d in datasources["datasources"] if d["type"] == "prometheus"]
+    assert prom_ds["jsonData"]["timeInterval"] == prometheus_yml["global"]["scrape_interval"]
     assert hostport(urls["prometheus"]) == ("prometheus", prometheus_port)
     assert hostport(urls["alertmanager"]) == ("alertmanager", alertmanager_port)
 
