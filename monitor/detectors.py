@@ -112,14 +112,18 @@ class Thresholds:
     drift_null_alpha: float = 1e-3
     """Per-statistic false-alarm level of the noise floor added to drift thresholds."""
     # performance drift (Page-Hinkley on relative log eval loss)
-    changepoint_delta: float = 0.10
+    changepoint_delta: float = 0.20
     changepoint_lambda: float = 1.5
     changepoint_min_rounds: int = 5
     # update divergence
     update_robust_z: float = 3.5
+    update_norm_min_ratio: float = 3.0
+    """The norm side of divergence also needs norm >= this x the round median (or <= 1/this)."""
+    update_cosine_min_drop: float = 0.5
+    """The cosine side also needs the cosine this far below the round's median cosine."""
     update_divergence_min_streak: int = 2
-    stale_cosine_min: float = 0.9999
-    stale_norm_rtol: float = 1e-3
+    stale_cosine_min: float = 0.999999
+    stale_norm_rtol: float = 1e-6
     free_rider_norm_ratio: float = 0.01
     # fairness
     fairness_window: int = 5
@@ -129,7 +133,7 @@ class Thresholds:
     participation_min_ratio: float = 0.8
     dropout_streak_rounds: int = 3
     straggler_robust_z: float = 3.5
-    straggler_min_ratio: float = 1.5
+    straggler_min_ratio: float = 2.0
     """A straggler also takes at least this many times the round's median wall time."""
     # global health
     stagnation_window: int = 10
@@ -909,7 +913,19 @@ def analyze_round(
         cos_prev, norm_src, st.prev_norm[idx], th.stale_cosine_min, th.stale_norm_rtol
     )
     free = good_norm & divergence.free_riders(norm_ratio, norm_src, th.free_rider_norm_ratio)
-    div_score = np.fmax(np.abs(z_norm), -z_cos)
+    # a robust z says "unusual for this round"; when the round's spread is tiny
+    # (IID clients) small differences are far out, so each side also needs a
+    # material effect: a norm off by a factor, a cosine well below the round's
+    div_score = divergence.divergence_score(
+        z_norm,
+        norm_ratio,
+        z_cos,
+        cos,
+        has_sk,
+        z_cap=th.update_robust_z,
+        norm_min_ratio=th.update_norm_min_ratio,
+        cosine_min_drop=th.update_cosine_min_drop,
+    )
     div_round = (
         ok & ~free & ~stale & ~nonfinite & (np.nan_to_num(div_score, nan=0.0) > th.update_robust_z)
     )

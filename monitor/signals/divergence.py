@@ -15,6 +15,7 @@ __all__ = [
     "cosine_to",
     "rowwise_cosine",
     "norm_ratio_to_median",
+    "divergence_score",
     "robust_z",
     "stale_updates",
     "free_riders",
@@ -121,8 +122,8 @@ def stale_updates(
     cos_prev: np.ndarray,
     norm: np.ndarray,
     prev_norm: np.ndarray,
-    cosine_min: float = 0.9999,
-    norm_rtol: float = 1e-3,
+    cosine_min: float = 0.999999,
+    norm_rtol: float = 1e-6,
 ) -> np.ndarray:
     r"""Updates that repeat the client's previous one.
 
@@ -162,3 +163,45 @@ def nonfinite_rows(x: np.ndarray) -> np.ndarray:
 def update_streak(streak: np.ndarray, flagged: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """Consecutive-round counters: +1 where flagged, 0 where observed and not flagged, kept otherwise."""
     return np.where(flagged, streak + 1, np.where(observed, 0, streak))
+
+
+def divergence_score(
+    z_norm: np.ndarray,
+    norm_ratio: np.ndarray,
+    z_cos: np.ndarray,
+    cos: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    z_cap: float,
+    norm_min_ratio: float = 3.0,
+    cosine_min_drop: float = 0.5,
+) -> np.ndarray:
+    r"""How far an update is out of line: robust z where the effect is material, capped where not.
+
+    .. math::
+
+        s_i = \max\bigl(a_i, b_i\bigr),\quad
+        a_i = \begin{cases} |z^{norm}_i| & \max(\rho_i, 1/\rho_i) \ge R \\
+                             \min(|z^{norm}_i|, c) & \text{otherwise} \end{cases},\quad
+        b_i = \begin{cases} -z^{cos}_i & \tilde{c} - \cos_i \ge D \\
+                             \min(-z^{cos}_i, c) & \text{otherwise} \end{cases}
+
+    with :math:`\rho_i` the norm ratio to the round median, :math:`\tilde{c}`
+    the median cosine over ``mask``, ``c = z_cap`` (the alarm line: a capped
+    side can reach it but never exceed it), ``R = norm_min_ratio``,
+    ``D = cosine_min_drop``. NaN where both sides are NaN.
+    """
+    z_norm = np.asarray(z_norm, dtype=np.float64)
+    rho = np.asarray(norm_ratio, dtype=np.float64)
+    z_cos = np.asarray(z_cos, dtype=np.float64)
+    cos = np.asarray(cos, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.fmax(rho, 1.0 / rho)
+    a = np.abs(z_norm)
+    a = np.where(np.nan_to_num(off, nan=0.0) >= norm_min_ratio, a, np.minimum(a, z_cap))
+    m = np.isfinite(cos) if mask is None else (np.asarray(mask, dtype=bool) & np.isfinite(cos))
+    med = float(np.median(cos[m])) if m.any() else np.nan
+    b = -z_cos
+    drop = med - cos
+    b = np.where(np.nan_to_num(drop, nan=-np.inf) >= cosine_min_drop, b, np.minimum(b, z_cap))
+    return np.fmax(a, b)

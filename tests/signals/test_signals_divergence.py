@@ -68,3 +68,20 @@ def test_rowwise_cosine_matches_loop(n):
     np.testing.assert_allclose(
         dv.rowwise_cosine(a, b), [1 - cosine(x, y) for x, y in zip(a, b, strict=True)], atol=1e-12
     )
+
+
+def test_divergence_score_needs_a_material_effect():
+    # a tight IID round: z is large for small differences
+    z_norm = np.array([0.0, 6.0, -6.0, 8.0, -8.0, 0.0, 0.0])
+    ratio = np.array([1.0, 1.4, 0.7, 5.0, 0.2, 1.0, 1.0])
+    cos = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.5, -0.8])
+    z_cos = np.array([0.0, 0.0, 0.0, 0.0, 0.0, -20.0, -50.0])
+    s = dv.divergence_score(z_norm, ratio, z_cos, cos, z_cap=3.5)
+    # 1.4x and 0.7x norms and a cosine 0.4 below the median are capped at the line
+    assert s.tolist() == [0.0, 3.5, 3.5, 8.0, 8.0, 3.5, 50.0]
+    # with the material lines at zero it is max(|z_norm|, -z_cos)
+    plain = dv.divergence_score(
+        z_norm, ratio, z_cos, cos, z_cap=3.5, norm_min_ratio=0.0, cosine_min_drop=-np.inf
+    )
+    np.testing.assert_array_equal(plain, np.fmax(np.abs(z_norm), -z_cos))
+    assert np.isnan(dv.divergence_score(*(np.array([np.nan]),) * 4, z_cap=3.5)).all()
