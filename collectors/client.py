@@ -4,8 +4,11 @@ Three calls (register a run, report clients, close a round), each retried with
 exponential backoff on connection errors, timeouts and 5xx answers. When the
 service stays unreachable and a spool directory is configured, the call is
 appended to the on-disk :class:`~collectors.spool.Spool` instead of failing,
-and the spool is replayed in order before the next call goes out. A 4xx answer
-is a problem with the data and raises :class:`MonitorError` at once.
+and the spool is replayed in order before the next call goes out. While the
+service is known to be down, calls go straight to the spool and the service is
+probed again every ``probe_interval_seconds``, so training never waits on it.
+A 4xx answer is a problem with the data and raises :class:`MonitorError` at
+once (during a replay, the record is set aside in the spool's rejected file).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import httpx
 
 from collectors.sink import make_record
-from collectors.spool import Spool
+from collectors.spool import Rejected, Spool
 
 log = logging.getLogger("fedsentinel.sdk")
 
@@ -58,6 +61,7 @@ class MonitorClient:
         backoff_base_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
         timeout_seconds: float = 30.0,
+        probe_interval_seconds: float = 5.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if batch_size < 1:
@@ -72,6 +76,8 @@ class MonitorClient:
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_max_seconds = backoff_max_seconds
         self.spooled = 0
+        self.probe_interval_seconds = probe_interval_seconds
+        self._unreachable_at: float | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsentinel-encode")
 
     # -- the three calls -------------------------------------------------
@@ -115,10 +121,24 @@ class MonitorClient:
         return self._post_with_retries(path, payload or encode_body(record["body"]))
 
     def flush(self) -> int:
-        """Replay the spool in order; return how many records went out."""
+        """Replay the spool in order; return how many records went out.
+
+        A record the service refuses (4xx) is moved to the spool's rejected
+        file instead of blocking the records behind it.
+        """
         if self.spool is None or self.spool.is_empty():
             return 0
-        sent = self.spool.drain(self.send_record)
+
+        def send(record: dict[str, Any]) -> None:
+            try:
+                self.send_record(record)
+            except ServiceUnavailable:
+                raise
+            except MonitorError as exc:
+                raise Rejected(str(exc)) from exc
+
+        sent = self.spool.drain(send)
+        self._unreachable_at = None
         log.info("replayed %d spooled records", sent)
         return sent
 
@@ -129,13 +149,24 @@ class MonitorClient:
         if self.spool is None:
             self.send_record(record, payload)
             return
+        if self._recently_unreachable():
+            self.spool.append(record)  # do not stall the FL loop on a service known to be down
+            self.spooled += 1
+            return
         try:
             self.flush()
             self.send_record(record, payload)
         except ServiceUnavailable as exc:
+            self._unreachable_at = time.monotonic()
             self.spool.append(record)
             self.spooled += 1
             log.warning("service unavailable (%s); spooled %s to %s", exc, record["op"], self.spool.path)
+
+    def _recently_unreachable(self) -> bool:
+        return (
+            self._unreachable_at is not None
+            and time.monotonic() - self._unreachable_at < self.probe_interval_seconds
+        )
 
     def _post_with_retries(self, path: str, payload: bytes) -> httpx.Response:
         last_error = "no attempt"

@@ -13,10 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from monitor import __version__
 from monitor.api import alerts, queries, reports, runs
+from monitor.api.deps import MetricsAccess
 from monitor.api.limits import BodySizeLimit
+from monitor.api.reports import RunConfigCache
 from monitor.engine import Engine
 from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.exporter import metrics_registry
@@ -51,6 +54,7 @@ def _error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(DBAPIError, store_error)
+    app.add_exception_handler(SQLAlchemyTimeoutError, store_error)  # connection pool exhausted
 
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
@@ -121,7 +125,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.run_configs = {}
+    app.state.run_configs = RunConfigCache()
     app.state.telemetry = Telemetry()
     app.state.metrics_registry = metrics_registry(
         app.state.telemetry.registry, lambda: app.state.store, settings
@@ -147,11 +151,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             with request.app.state.store.read_session() as session:
                 session.execute(text("SELECT 1"))
         except DBAPIError as exc:
-            return JSONResponse({"status": "store unavailable", "detail": str(exc)[:200]}, 503)
+            log.error("readiness check failed: %s", exc)  # details in the log, not in the answer
+            return JSONResponse({"status": "store unavailable"}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["service"], include_in_schema=False)
+    @app.get("/metrics", tags=["service"], include_in_schema=False, dependencies=[MetricsAccess])
     def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus exposition. With API keys configured it needs a read-scoped key
+        (Prometheus: ``authorization: {credentials: KEY}``) unless FEDSENTINEL_METRICS_PUBLIC=true."""
         return PlainTextResponse(
             generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST
         )

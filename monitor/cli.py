@@ -140,8 +140,16 @@ def demo(data_dir: Path, port: int, serve: bool) -> None:
     from monitor.server import ServerThread
     from simulator import demo_scenario, run_scenario
 
+    marker = data_dir / ".fedsentinel-demo"
+    if data_dir.exists() and any(data_dir.iterdir()) and not marker.exists():
+        raise click.ClickException(
+            f"{data_dir} is not empty and is not a previous demo's directory; "
+            "choose another --data-dir (the demo wipes it)"
+        )
     if data_dir.exists():
         shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    marker.touch()
     settings = Settings(data_dir=data_dir, port=port, host="127.0.0.1")
     scenario = demo_scenario()
     with ServerThread(settings) as url:

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -32,6 +33,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 """Run and client ids: 1-128 characters, letters, digits and ``._:@-``."""
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+INT32_MAX = 2**31 - 1
+"""Counts are stored in 32-bit columns (PostgreSQL INTEGER): larger values get 422, not a store error."""
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 MAX_CLASSES = 10_000
 MAX_FEATURES = 2_000
 MAX_BINS = 1_000
@@ -106,7 +110,7 @@ class RunCreate(WireModel):
         description="Per feature, strictly increasing bin edges shared by every client.",
     )
     sketch_dim: int = Field(default=0, ge=0, le=MAX_SKETCH_DIM)
-    sketch_seed: int = 0
+    sketch_seed: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
     expected_clients: int = Field(ge=1, le=10_000_000)
     dp: DPConfig | None = None
     centralized_accuracy: Ratio | None = None
@@ -114,6 +118,12 @@ class RunCreate(WireModel):
         default_factory=dict, description="Per-run overrides of signal thresholds."
     )
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @field_validator("thresholds", "metadata")
+    @classmethod
+    def _sorted_keys(cls, value: dict) -> dict:
+        """Key order carries no meaning; sorting makes identical registrations hash alike."""
+        return dict(sorted(value.items()))
 
     @model_validator(mode="after")
     def _edges_match_features(self) -> RunCreate:
@@ -140,7 +150,7 @@ class ClientReport(WireModel):
 
     client_id: Identifier
     status: ClientStatus = ClientStatus.ok
-    num_examples: int | None = Field(default=None, ge=0)
+    num_examples: Count | None = None
     train_loss: AnyFloat | None = None
     train_accuracy: Ratio | None = None
     eval_loss: AnyFloat | None = None
@@ -182,7 +192,7 @@ class RoundClose(WireModel):
     global_eval_accuracy: Ratio | None = None
     aggregate_update_norm: AnyFloat | None = None
     aggregate_sketch: list[AnyFloat] | None = None
-    num_sampled: int | None = Field(default=None, ge=0)
+    num_sampled: Count | None = None
     epsilon: NonNegFloat | None = Field(
         default=None, description="DP epsilon spent so far, if the FL code accounts it itself."
     )

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         default=None, description="Bearer token Alertmanager may use for the alert webhook instead of a write key."
     )
 
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a key even when API keys are configured.",
+    )
+
     # Direct notifier for setups without Alertmanager.
     notify_webhook_url: str | None = None
 

@@ -62,3 +62,10 @@ def test_replay_reports_a_refused_record_with_its_line(tmp_path, service_url) ->
 def test_serve_refuses_an_unusable_database_url() -> None:
     result = CliRunner().invoke(main, ["serve", "--database-url", "mysql://nobody@127.0.0.1/x"])
     assert result.exit_code == 1 and "cannot open the store" in result.output
+
+
+def test_demo_refuses_to_wipe_a_directory_it_did_not_create(tmp_path) -> None:
+    (tmp_path / "fedsentinel.db").write_text("precious")
+    result = CliRunner().invoke(main, ["demo", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "not a previous demo's directory" in result.output
+    assert (tmp_path / "fedsentinel.db").read_text() == "precious"

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -22,7 +23,8 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     async def parse(request: Request) -> M:
         raw = await request.body()
         try:
-            return model.model_validate_json(raw)
+            # Megabytes of JSON: validate in the threadpool, not on the event loop.
+            return await run_in_threadpool(model.model_validate_json, raw)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Iterator
 from typing import Annotated
@@ -9,13 +10,14 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from sqlmodel import Session
 
-from monitor.schemas import ID_PATTERN
+from monitor.schemas import ID_PATTERN, INT32_MAX
 from monitor.settings import Scope, Settings
 from monitor.store import Store
 
 RunId = Annotated[str, Path(pattern=ID_PATTERN, description="The run's id.")]
 ClientId = Annotated[str, Path(pattern=ID_PATTERN, description="A client's pseudonymous id.")]
-RoundNumber = Annotated[int, Path(ge=0, le=1_000_000_000, description="Round number.")]
+MAX_ROUND = 1_000_000_000
+RoundNumber = Annotated[int, Path(ge=0, le=MAX_ROUND, description="Round number.")]
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,12 +40,17 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def scopes_for(key: str, settings: Settings) -> set[Scope]:
-    """Scopes of a key; every configured key is compared, in constant time."""
-    granted: set[Scope] = set()
+def scopes_for(key: str, settings: Settings) -> set[Scope] | None:
+    """Scopes of a key, or None for an unknown key.
+
+    Every configured key is compared, digests rather than raw keys, so neither
+    the time taken nor an early exit tells which key or how long a key is.
+    """
+    presented = hashlib.sha256(key.encode()).digest()
+    granted: set[Scope] | None = None
     for known, scopes in settings.api_keys.items():
-        if hmac.compare_digest(key.encode(), known.encode()):
-            granted.update(scopes)
+        if hmac.compare_digest(presented, hashlib.sha256(known.encode()).digest()):
+            granted = (granted or set()) | set(scopes)
     return granted
 
 
@@ -60,7 +67,7 @@ def require(scope: Scope) -> Callable[[Request], None]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         granted = scopes_for(key, settings)
-        if not granted:
+        if granted is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, "unknown API key", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -71,6 +78,16 @@ def require(scope: Scope) -> Callable[[Request], None]:
 
 
 ReadAccess = Depends(require(Scope.read))
+_read_check = require(Scope.read)
+
+
+def _metrics_check(request: Request) -> None:
+    """Per-client scores are run data: /metrics needs read access unless declared public."""
+    if not request.app.state.settings.metrics_public:
+        _read_check(request)
+
+
+MetricsAccess = Depends(_metrics_check)
 WriteAccess = Depends(require(Scope.write))
 AdminAccess = Depends(require(Scope.admin))
 
@@ -79,7 +96,7 @@ class Paging:
     def __init__(
         self,
         request: Request,
-        offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+        offset: Annotated[int, Query(ge=0, le=INT32_MAX, description="Items to skip.")] = 0,
         limit: Annotated[int, Query(ge=1, description="Items per page (at most page_size_max).")] = 100,
     ) -> None:
         max_limit = request.app.state.settings.page_size_max

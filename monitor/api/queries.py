@@ -7,14 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlmodel import Session
 
-from monitor.api.deps import ClientId, Paging, ReadAccess, RoundNumber, RunId, read_session
+from monitor.api.deps import MAX_ROUND, ClientId, Paging, ReadAccess, RoundNumber, RunId, read_session
 from monitor.schemas import ClientLatest, ClientRoundOut, FindingOut, Page, RoundOut
 from monitor.store import queries
 
 router = APIRouter(prefix="/runs/{run_id}", tags=["queries"], dependencies=[ReadAccess])
 Session_ = Annotated[Session, Depends(read_session)]
 Paging_ = Annotated[Paging, Depends()]
-RoundBound = Annotated[int | None, Query(ge=0)]
+RoundBound = Annotated[int | None, Query(ge=0, le=MAX_ROUND)]
 
 
 def _check_range(from_round: int | None, to_round: int | None) -> None:

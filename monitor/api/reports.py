@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -14,6 +15,7 @@ from monitor.schemas import (
     ReportBatch,
     RoundClose,
     RoundClosed,
+    RunCreate,
     validate_report_against_run,
     validate_round_close_against_run,
 )
@@ -22,15 +24,35 @@ from monitor.store import Store, writes
 router = APIRouter(prefix="/runs/{run_id}/rounds/{round}", tags=["ingest"], dependencies=[WriteAccess])
 
 
-def _run_config(request: Request, store: Store, run_id: str):  # type: ignore[no-untyped-def]
+def _run_config(request: Request, store: Store, run_id: str) -> RunCreate:
     """Run configurations never change once registered, so each worker caches them."""
-    cache = request.app.state.run_configs
+    cache: RunConfigCache = request.app.state.run_configs
     config = cache.get(run_id)
     if config is None:
         with store.read_session() as session:
             config = writes.load_run_config(session, run_id)
-        cache[run_id] = config
+        cache.put(run_id, config)
     return config
+
+
+class RunConfigCache:
+    """A small LRU of parsed run configurations (a config with many bin edges is large)."""
+
+    def __init__(self, max_runs: int = 64) -> None:
+        self._items: OrderedDict[str, RunCreate] = OrderedDict()
+        self.max_runs = max_runs
+
+    def get(self, run_id: str) -> RunCreate | None:
+        config = self._items.get(run_id)
+        if config is not None:
+            self._items.move_to_end(run_id)
+        return config
+
+    def put(self, run_id: str, config: RunCreate) -> None:
+        self._items[run_id] = config
+        self._items.move_to_end(run_id)
+        while len(self._items) > self.max_runs:
+            self._items.popitem(last=False)
 
 
 @router.post(

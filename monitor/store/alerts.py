@@ -54,14 +54,14 @@ def save_notification(
             receiver=receiver[:256],
             group_key=(group_key or None) and group_key[:1024],
             status=alert.status,
-            alertname=alert.labels.get("alertname"),
-            severity=alert.labels.get("severity"),
-            run_id=alert.labels.get("run"),
-            client_id=alert.labels.get("client"),
-            fingerprint=alert.fingerprint,
+            alertname=_cut(alert.labels.get("alertname"), 256),
+            severity=_cut(alert.labels.get("severity"), 32),
+            run_id=_cut(alert.labels.get("run"), 128),
+            client_id=_cut(alert.labels.get("client"), 128),
+            fingerprint=_cut(alert.fingerprint, 64),
             starts_at=_real_time(alert.starts_at),
             ends_at=_real_time(alert.ends_at),
-            generator_url=alert.generator_url,
+            generator_url=_cut(alert.generator_url, 2048),
             labels_json=json.dumps(dict(alert.labels), sort_keys=True),
             annotations_json=json.dumps(dict(alert.annotations), sort_keys=True),
         )
@@ -116,3 +116,9 @@ def list_alerts(
         for row in rows
     ]
     return items, total
+
+
+def _cut(value: str | None, length: int) -> str | None:
+    """Label values are free text from Alertmanager; the indexed columns have bounds (the full
+    labels stay in ``labels_json``)."""
+    return None if value is None else value[:length]

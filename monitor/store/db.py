@@ -55,8 +55,12 @@ class Store:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            if not parsed.database or parsed.database == ":memory:":
+                raise ValueError(
+                    "an in-memory SQLite database cannot be shared by the service's connections; "
+                    "use a file (sqlite:///path/fedsentinel.db)"
+                )
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.write_engine = _sqlite_engine(url, immediate=True, synchronous=sqlite_synchronous)
             self.read_engine = _sqlite_engine(url, immediate=False, synchronous=sqlite_synchronous)
         elif self.dialect == "postgresql":

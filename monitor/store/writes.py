@@ -25,31 +25,38 @@ _MAX_NAMED = 5
 
 
 def content_hash(model: RunCreate | ClientReport | RoundClose) -> str:
-    return hashlib.sha256(model.model_dump_json().encode()).hexdigest()
+    """Hash of what was sent: defaults left out (so a later optional field does not turn an
+    identical resend into a conflict) and dict keys sorted by the schema's validators."""
+    return hashlib.sha256(model.model_dump_json(exclude_defaults=True).encode()).hexdigest()
 
 
 def register_run(session: Session, spec: RunCreate) -> bool:
     """Store a run; return False when the identical run already exists."""
     digest = content_hash(spec)
-    existing = session.get(RunRow, spec.run_id)
-    if existing is not None:
-        if existing.config_hash != digest:
-            raise Conflict(
-                f"run {spec.run_id} is already registered with a different configuration; "
-                "register a new run_id to change it"
-            )
-        return False
-    session.add(
-        RunRow(
+    inserted = session.execute(
+        _dialect_insert(session)(RunRow)
+        .values(
             run_id=spec.run_id,
             name=spec.name,
+            created_at=utcnow(),
             config_json=spec.model_dump_json(),
             config_hash=digest,
             expected_clients=spec.expected_clients,
         )
-    )
-    session.flush()
-    return True
+        .on_conflict_do_nothing()
+        .returning(RunRow.run_id)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return True
+    existing = session.execute(
+        select(RunRow.config_hash).where(RunRow.run_id == spec.run_id)
+    ).scalar_one()
+    if existing != digest:
+        raise Conflict(
+            f"run {spec.run_id} is already registered with a different configuration; "
+            "register a new run_id to change it"
+        )
+    return False
 
 
 def load_run_config(session: Session, run_id: str) -> RunCreate:

@@ -244,3 +244,50 @@ def test_api_keys_and_scopes(app_factory) -> None:
     assert api.get(f"{API}/runs", headers={"X-API-Key": "reader-key"}).json()["total"] == 1
     assert api.get(f"{API}/runs", headers={"Authorization": "Bearer admin-key"}).status_code == 200
     assert api.get("/healthz").status_code == 200  # probes stay open
+
+
+@pytest.mark.parametrize("value", [2**31, 10**20])
+def test_counts_beyond_the_store_range_get_422(api, value: int) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    r = api.post(f"{API}/runs/run-1/rounds/1/reports", json={"reports": [report("c1", num_examples=value)]})
+    assert r.status_code == 422 and "less than or equal to 2147483647" in r.text
+    r = api.post(f"{API}/runs/run-1/rounds/1/close", json=close_body(num_sampled=value))
+    assert r.status_code == 422
+    assert api.get(f"{API}/runs", params={"offset": value}).status_code == 422
+    assert api.get(f"{API}/runs/run-1/findings", params={"from_round": value}).status_code == 422
+
+
+def test_registration_identity_ignores_key_order_and_defaults(api) -> None:
+    first = run_spec(metadata={"b": 2, "a": 1}, thresholds={"label_drift_js": 0.3, "update_robust_z": 4.0})
+    assert api.post(f"{API}/runs", json=first).status_code == 201
+    reordered = run_spec(metadata={"a": 1, "b": 2}, thresholds={"update_robust_z": 4.0, "label_drift_js": 0.3},
+                         sketch_seed=7, dp=None)
+    assert api.post(f"{API}/runs", json=reordered).status_code == 200
+
+
+def test_unknown_threshold_names_get_422(api) -> None:
+    r = api.post(f"{API}/runs", json=run_spec(thresholds={"label_drfit_js": 0.3}))
+    assert r.status_code == 422 and "label_drfit_js" in r.text and "label_drift_js" in r.text
+
+
+def test_concurrent_identical_registrations_all_succeed(api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: api.post(f"{API}/runs", json=run_spec()).status_code, range(6)))
+    assert sorted(codes) == [200] * 5 + [201]
+
+
+def test_metrics_need_a_read_key_when_keys_are_configured(app_factory) -> None:
+    api = app_factory(api_keys={"reader": ["read"]})
+    assert api.get("/metrics").status_code == 401
+    assert api.get("/metrics", headers={"Authorization": "Bearer reader"}).status_code == 200
+    public = app_factory(api_keys={"reader": ["read"]}, metrics_public=True)
+    assert public.get("/metrics").status_code == 200
+
+
+def test_in_memory_sqlite_is_refused_clearly() -> None:
+    from monitor.store import Store
+
+    with pytest.raises(ValueError, match="in-memory SQLite"):
+        Store("sqlite:///:memory:")

@@ -24,6 +24,7 @@ def _round_reports(rnd: int) -> list[dict]:
 
 
 def _fast_client(url: str, spool: Path | None, **kw: object) -> MonitorClient:
+    kw.setdefault("probe_interval_seconds", 0)
     return MonitorClient(url, spool_dir=spool, batch_size=3, max_retries=2,
                          backoff_base_seconds=0.01, backoff_max_seconds=0.05, timeout_seconds=5, **kw)
 
@@ -145,3 +146,36 @@ def test_report_batches_large_rounds(service_factory, tmp_path) -> None:
     import httpx
 
     assert httpx.get(f"{service.url}/api/v1/runs/run-1/rounds/1").json()["reports"] == 1000
+
+
+@pytest.mark.e2e
+def test_a_refused_record_in_the_spool_is_set_aside_not_blocking(service_factory, tmp_path) -> None:
+    service = service_factory()
+    with _fast_client(service.url, tmp_path / "spool") as sdk:
+        sdk.register_run(run_spec())
+        sdk.spool.append({"op": "report", "run_id": "run-1", "round": 1,
+                          "body": {"reports": [report("c1", label_histogram=[1.0])]}})  # 422
+        sdk.spool.append({"op": "report", "run_id": "run-1", "round": 1, "body": {"reports": [report("c2")]}})
+        sdk.report("run-1", 1, [report("c3")])
+        assert sdk.pending() == 0
+        rejected = sdk.spool.rejected_path.read_text().splitlines()
+    import httpx
+
+    assert len(rejected) == 1 and "422" in rejected[0] and "label_histogram" in rejected[0]
+    assert httpx.get(f"{service.url}/api/v1/runs/run-1/rounds/1").json()["reports"] == 2
+
+
+def test_while_the_service_is_known_down_calls_do_not_wait(tmp_path) -> None:
+    import time
+
+    from monitor.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with MonitorClient(url, spool_dir=tmp_path, max_retries=3, backoff_base_seconds=0.2,
+                       probe_interval_seconds=60) as sdk:
+        sdk.register_run(run_spec())  # pays the retries once
+        start = time.monotonic()
+        for rnd in range(1, 21):
+            sdk.report("run-1", rnd, [report("c1")])
+        assert time.monotonic() - start < 1.0
+        assert sdk.pending() == 21
