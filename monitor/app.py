@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
         app.state.engine = engine
         app.state.on_round_closed = engine.on_round_closed
+        threading.Thread(target=engine.catch_up, name="fedsentinel-catch-up", daemon=True).start()
         if settings.auth_enabled:
             log.info("API keys configured: %d key(s); requests need a key", len(settings.api_keys))
         else:

@@ -11,7 +11,8 @@ already analysed is marked analysed without signals (and logged): detector
 state only moves forward.
 
 Analysis runs after the round close is committed; if it fails, the close
-stands and the round is picked up again on the next close.
+stands and the round is picked up again on the next close of that run, or by
+:meth:`Engine.catch_up` when a worker starts.
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ class Engine:
             self.analyze_pending(run_id)
         except Exception:  # noqa: BLE001
             log.exception("analysis of run %s failed after round %d closed; will retry", run_id, round_number)
+
+    def catch_up(self) -> dict[str, list[int]]:
+        """Analyse every run's closed but unanalysed rounds (after a restart or a failed analysis)."""
+        with self.store.read_session() as session:
+            runs = session.execute(
+                select(RoundRow.run_id)
+                .where(RoundRow.status == "closed", RoundRow.analyzed.is_(False))
+                .distinct()
+            ).scalars().all()
+        done: dict[str, list[int]] = {}
+        for run_id in runs:
+            try:
+                done[run_id] = self.analyze_pending(run_id)
+            except Exception:  # noqa: BLE001
+                log.exception("catch-up analysis of run %s failed", run_id)
+        return done
 
     def analyze_pending(self, run_id: str) -> list[int]:
         """Analyse every closed, not yet analysed round of a run, oldest first."""

@@ -166,3 +166,22 @@ def test_new_findings_reach_the_direct_notifier(tmp_path: Path, stream) -> None:
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+def test_rounds_closed_while_analysis_was_unavailable_are_caught_up(store, stream) -> None:
+    """A close whose analysis did not happen (crash, failure) is analysed by the next worker's catch-up."""
+    from fastapi.testclient import TestClient
+
+    from monitor.app import create_app
+    from monitor.engine import Engine
+    from monitor.settings import Settings
+
+    app = create_app(Settings(), store=store)
+    with TestClient(app) as api:
+        app.state.on_round_closed = lambda run_id, rnd: None  # as if every analysis had failed
+        for record in stream:
+            _post(api, record)
+    with store.read_session() as session:
+        assert not session.execute(select(RoundRow).where(RoundRow.analyzed.is_(True))).first()
+    done = Engine(store).catch_up()
+    assert done == {"engine-test": list(range(1, ROUNDS + 1))}
