@@ -59,7 +59,11 @@ def test_replay_reports_a_refused_record_with_its_line(tmp_path, service_url) ->
     assert "refused.jsonl:2" in result.output and "422" in result.output and "label_histogram" in result.output
 
 
-def test_serve_refuses_an_unusable_database_url() -> None:
+def test_serve_refuses_an_unusable_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve hands its flags to uvicorn workers through FEDSENTINEL_* variables: restore them after.
+    for name in ("HOST", "PORT", "WORKERS", "DATABASE_URL", "DATA_DIR"):
+        monkeypatch.setenv(f"FEDSENTINEL_{name}", "placeholder")
+        monkeypatch.delenv(f"FEDSENTINEL_{name}")
     result = CliRunner().invoke(main, ["serve", "--database-url", "mysql://nobody@127.0.0.1/x"])
     assert result.exit_code == 1 and "cannot open the store" in result.output
 

@@ -81,6 +81,8 @@ def finite(result: list[dict]) -> bool:
 def test_every_panel_query_returns_data(service_factory, prometheus_factory) -> None:  # type: ignore[no-untyped-def]
     service = service_factory()
     prometheus = prometheus_factory(service.url)
+    # Scrapes must bracket the run: a counter that only moved before the first scrape has no rate.
+    wait_for(lambda: prometheus.query("up == 1"), timeout=30, what="Prometheus' first scrape of the service")
     start = time.time()
     with MonitorClient(service.url) as client:
         run_scenario(faulty_scenario(), client, progress=False)
