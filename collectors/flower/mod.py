@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 
-from collectors.flower.records import RECORD_KEY, decode_edges, flatten_arrays
+from collectors.flower.records import (
+    RECORD_KEY,
+    decode_edges,
+    first_number,
+    first_record,
+    flatten_arrays,
+)
 
 log = logging.getLogger("fedsentinel.flower")
 
@@ -85,20 +91,6 @@ def default_client_id(context: Context) -> str | None:
     """``client-<partition-id>`` where the node config names a partition (simulation, most deployments)."""
     pid = context.node_config.get("partition-id")
     return None if pid is None else f"client-{pid}"
-
-
-def _first(records: Any) -> Any:
-    return next(iter(records.values()), None) if records else None
-
-
-def _metric(metrics: Any, keys: tuple[str, ...]) -> float | None:
-    if metrics is None:
-        return None
-    for key in keys:
-        value = metrics.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
 
 
 class MonitorMod:
@@ -161,7 +153,7 @@ class MonitorMod:
             hists = feature_histograms(data.X_train, edges)
             stats["feature_histograms"] = np.concatenate(hists).tolist()
 
-        global_arrays = _first(message.content.array_records)
+        global_arrays = first_record(message.content.array_records)
         if (
             self.evaluate is not None
             and global_arrays is not None
@@ -182,18 +174,18 @@ class MonitorMod:
         before: tuple[np.ndarray | None, list[str]] | None,
         stats: dict[str, Any],
     ) -> None:
-        metrics = _first(reply.content.metric_records)
+        metrics = first_record(reply.content.metric_records)
         for name, keys in (
             ("train_loss", TRAIN_LOSS_KEYS),
             ("train_accuracy", TRAIN_ACCURACY_KEYS),
         ):
-            value = _metric(metrics, keys)
+            value = first_number(metrics, keys)
             if value is not None:
                 stats[name] = value
         if before is None or before[0] is None:
             return
         global_vec, keys = before
-        arrays = _first(reply.content.array_records)
+        arrays = first_record(reply.content.array_records)
         local_vec = None if arrays is None else flatten_arrays(arrays, keys)
         if local_vec is not None and local_vec.shape == global_vec.shape:
             stats["update_norm"] = float(np.linalg.norm(local_vec - global_vec))

@@ -98,3 +98,19 @@ def as_float(x: Any) -> float | None:
         return float(x)
     except (TypeError, ValueError):
         return None
+
+
+def first_record(records: Any) -> Any:
+    """The first record of a RecordDict-style mapping (apps send one of each kind), or None."""
+    return next(iter(records.values()), None) if records else None
+
+
+def first_number(metrics: Any, keys: tuple[str, ...]) -> float | None:
+    """The first of ``keys`` present in a MetricRecord as a plain number (bools excluded)."""
+    if metrics is None:
+        return None
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None

@@ -51,6 +51,8 @@ from collectors.flower.records import (
     STAT_FIELDS,
     as_float,
     finite_ratio,
+    first_number,
+    first_record,
     flatten_arrays,
     server_config,
 )
@@ -74,20 +76,6 @@ def default_spool_dir() -> Path:
     return Path(
         os.environ.get("FEDSENTINEL_SPOOL_DIR") or Path.home() / ".cache" / "fedsentinel" / "spool"
     )
-
-
-def _first(records: Any) -> Any:
-    return next(iter(records.values()), None) if records else None
-
-
-def _pick(metrics: Any, keys: tuple[str, ...]) -> float | None:
-    if metrics is None:
-        return None
-    for key in keys:
-        value = metrics.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
 
 
 class _RoundState:
@@ -292,10 +280,10 @@ class MonitoredStrategy(Strategy):
             }
             self._fill_stats(report, stats)
             if "num_examples" not in report:
-                n = as_float((_first(reply.content.metric_records) or {}).get(weight_key))
+                n = as_float((first_record(reply.content.metric_records) or {}).get(weight_key))
                 if n is not None and math.isfinite(n) and n >= 0:
                     report["num_examples"] = int(n)
-            arrays = _first(reply.content.array_records)
+            arrays = first_record(reply.content.array_records)
             if arrays is not None and state.global_vec is not None:
                 vec = flatten_arrays(arrays, state.global_keys)
                 if vec is not None and vec.shape == state.global_vec.shape:
@@ -385,9 +373,9 @@ class MonitoredStrategy(Strategy):
             report = state.reports.get(reply.metadata.src_node_id)
             if report is None or report["status"] != "ok":
                 continue
-            metrics = _first(reply.content.metric_records)
-            loss = _pick(metrics, self.eval_loss_keys)
-            acc = finite_ratio(_pick(metrics, self.eval_accuracy_keys))
+            metrics = first_record(reply.content.metric_records)
+            loss = first_number(metrics, self.eval_loss_keys)
+            acc = finite_ratio(first_number(metrics, self.eval_accuracy_keys))
             # The mod's evaluation (global model received for training) takes precedence.
             if "eval_loss" not in report and loss is not None:
                 report["eval_loss"] = loss
@@ -402,8 +390,8 @@ class MonitoredStrategy(Strategy):
             return
         if not centralized and "global_eval_loss" in state.summary:
             return
-        loss = _pick(metrics, self.eval_loss_keys)
-        acc = finite_ratio(_pick(metrics, self.eval_accuracy_keys))
+        loss = first_number(metrics, self.eval_loss_keys)
+        acc = finite_ratio(first_number(metrics, self.eval_accuracy_keys))
         if loss is not None:
             state.summary["global_eval_loss"] = loss
         if acc is not None:
