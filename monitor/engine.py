@@ -22,8 +22,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlmodel import Session
 
 from monitor.detectors import DetectorState, RoundAnalysis, Thresholds, analyze_round
@@ -156,43 +157,57 @@ class Engine:
     def _apply_findings(
         self, session: Session, run_id: str, analysis: RoundAnalysis, observed: Sequence[str]
     ) -> list[FindingRecord]:
-        rows = {
-            row.id: row
-            for row in session.execute(
-                select(FindingRow).where(FindingRow.run_id == run_id, FindingRow.status == "open")
-            ).scalars()
-        }
-        records = [_record(row) for row in rows.values()]
+        """Reconcile and write with bulk statements (a round may touch thousands of findings)."""
+        table = FindingRow.__table__
+        rows = session.execute(
+            select(*table.c).where(table.c.run_id == run_id, table.c.status == "open")
+        ).all()
+        records = [_record(row) for row in rows]
         changes = reconcile(records, analysis.active, analysis.round, self.resolve_after, observed)
         now = utcnow()
-        for record in changes.updated + changes.resolved:
-            row = rows[record.id]
-            row.severity = record.severity
-            row.status = record.status
-            row.last_round = record.last_round
-            row.resolved_round = record.resolved_round
-            row.score = _finite_or_none(record.score)
-            row.threshold = _finite_or_none(record.threshold)
-            row.message = record.message
-            row.details_json = _details_json(record)
-            row.updated_at = now
-            session.add(row)
-        for record in changes.opened:
-            session.add(
-                FindingRow(
-                    run_id=run_id,
-                    kind=record.kind,
-                    severity=record.severity,
-                    client_id=record.client_id,
-                    first_round=record.first_round,
-                    last_round=record.last_round,
-                    score=_finite_or_none(record.score),
-                    threshold=_finite_or_none(record.threshold),
-                    message=record.message,
-                    details_json=_details_json(record),
-                    opened_at=now,
-                    updated_at=now,
-                )
+        changed = [
+            {
+                "finding_id": record.id,
+                "severity": record.severity,
+                "status": record.status,
+                "last_round": record.last_round,
+                "resolved_round": record.resolved_round,
+                "score": _finite_or_none(record.score),
+                "threshold": _finite_or_none(record.threshold),
+                "message": record.message,
+                "details_json": _details_json(record),
+                "updated_at": now,
+            }
+            for record in changes.updated + changes.resolved
+        ]
+        if changed:
+            session.execute(
+                update(table)
+                .where(table.c.id == bindparam("finding_id"))
+                .values({k: bindparam(k) for k in changed[0] if k != "finding_id"}),
+                changed,
+            )
+        if changes.opened:
+            session.execute(
+                insert(table),
+                [
+                    {
+                        "run_id": run_id,
+                        "kind": record.kind,
+                        "severity": record.severity,
+                        "status": "open",
+                        "client_id": record.client_id,
+                        "first_round": record.first_round,
+                        "last_round": record.last_round,
+                        "score": _finite_or_none(record.score),
+                        "threshold": _finite_or_none(record.threshold),
+                        "message": record.message,
+                        "details_json": _details_json(record),
+                        "opened_at": now,
+                        "updated_at": now,
+                    }
+                    for record in changes.opened
+                ],
             )
         return changes.opened
 
@@ -218,7 +233,8 @@ def _details_json(record: FindingRecord) -> str:
     return json.dumps(_json_clean(record.details_for_store()), allow_nan=False, default=str)
 
 
-def _record(row: FindingRow) -> FindingRecord:
+def _record(row: Any) -> FindingRecord:
+    """A stored finding (a row of the finding table) as the lifecycle sees it."""
     return FindingRecord.from_row_fields(
         id=row.id,
         kind=row.kind,
