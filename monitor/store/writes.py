@@ -184,7 +184,7 @@ def ingest_reports(
     duplicates += len(unique) - len(new)
     if new:
         session.execute(
-            insert(ClientReportRow), [_report_row(run_id, round_number, r, d) for r, d in new]
+            insert(ClientReportRow.__table__), [_report_row(run_id, round_number, r, d) for r, d in new]
         )
         session.execute(
             update(RoundRow)
