@@ -24,8 +24,11 @@ service's own per-process telemetry plus this collector.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -91,7 +94,7 @@ CLIENT_SCORE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("fl_client_wall_time_robust_z", "wall_time_robust_z",
      "Robust z-score of the client's wall time within the round (high = straggler)."),
     ("fl_client_federation_benefit_ratio", "federation_benefit",
-     "Client's accuracy under the global model minus its local-only baseline accuracy."),
+     "Client's accuracy under the global model minus its local-only baseline accuracy (signed, -1 to 1)."),
 )  # fmt: skip
 """(metric name, score name in RoundScores.client_scores, HELP)."""
 
@@ -131,7 +134,7 @@ RUN_SCORE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("fl_run_global_eval_accuracy_ratio", "global_eval_accuracy", "Global model's evaluation accuracy at the latest analysed round."),
     ("fl_run_global_loss_jump_ratio", "global_loss_jump_ratio", "Global evaluation loss over its recent best (> 1 = worse)."),
     ("fl_run_global_stagnation_improvement_ratio", "global_stagnation_improvement", "Relative improvement of the global loss over the stagnation window."),
-    ("fl_run_centralized_gap_ratio", "centralized_gap", "Centralized-baseline accuracy minus global accuracy."),
+    ("fl_run_centralized_gap_ratio", "centralized_gap", "Centralized-baseline accuracy minus global accuracy (signed, -1 to 1)."),
     ("fl_run_participation_ratio", "participation_ratio", "Clients that reported ok over clients expected in the latest round."),
     ("fl_run_round_reports", "reports", "Client reports in the latest analysed round."),
     ("fl_run_round_expected_clients", "expected_clients", "Clients expected (sampled) in the latest analysed round."),
@@ -181,6 +184,7 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 class _RunState:
     run_id: str
     expected_clients: int
+    planned_rounds: int | None
     last_closed_round: int | None
     open_rounds: int
     rounds_closed: int
@@ -200,6 +204,7 @@ class DomainCollector(Collector):
         self.settings = settings
         self._cache: OrderedDict[tuple[str, int, float], RoundScores] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
         self.errors = 0
 
     def describe(self) -> Iterable[Metric]:
@@ -220,6 +225,10 @@ class DomainCollector(Collector):
             up = 0.0
             families = []
             log.error("scrape could not read the store: %s", str(exc)[:300])
+        except Exception:  # noqa: BLE001  (a bug must not turn /metrics into a 500)
+            self.errors += 1
+            families = []
+            log.exception("building the domain metrics failed")
         series = sum(len(f.samples) for f in families)
         yield from families
         g = GaugeMetricFamily("fedsentinel_store_up", "1 if the last scrape could read the store.")
@@ -255,7 +264,10 @@ class DomainCollector(Collector):
             "fedsentinel_reports_ingested",
             "Client reports stored (duplicates not counted), from the store.",
         )
-        reports.add_metric([], float(sum(r.reports for r in runs)))
+        # Over every run in the store, not only the exported ones: a run ageing out of the
+        # export window must not make the counter go down (Prometheus would see a reset).
+        total = session.execute(select(func.coalesce(func.sum(RoundRow.reports), 0))).scalar_one()
+        reports.add_metric([], float(total))
         out[reports.name] = reports
         gauge("fedsentinel_runs_exported", "Runs exported by this scrape.").add_metric(
             [], float(len(runs))
@@ -272,8 +284,9 @@ class DomainCollector(Collector):
             select(
                 RunRow.run_id,
                 RunRow.expected_clients,
+                RunRow.planned_rounds,
                 func.max(case((closed, RoundRow.round))),
-                func.sum(case((closed, 0), else_=1)),
+                func.sum(case((closed, 0), (RoundRow.round.is_(None), 0), else_=1)),
                 func.sum(case((closed, 1), else_=0)),
                 func.sum(RoundRow.reports),
                 func.max(RoundRow.opened_at),
@@ -281,7 +294,7 @@ class DomainCollector(Collector):
                 func.min(RoundRow.opened_at),
             )
             .join(RoundRow, RoundRow.run_id == RunRow.run_id, isouter=True)
-            .group_by(RunRow.run_id, RunRow.expected_clients)
+            .group_by(RunRow.run_id, RunRow.expected_clients, RunRow.planned_rounds)
             .order_by(RunRow.run_id)
         ).all()
         ttl = self.settings.exporter_run_ttl_seconds
@@ -290,6 +303,7 @@ class DomainCollector(Collector):
         for (
             run_id,
             expected,
+            planned,
             last_closed_round,
             open_rounds,
             n_closed,
@@ -301,6 +315,7 @@ class DomainCollector(Collector):
             state = _RunState(
                 run_id=run_id,
                 expected_clients=int(expected),
+                planned_rounds=None if planned is None else int(planned),
                 last_closed_round=last_closed_round,
                 open_rounds=int(open_rounds or 0),
                 rounds_closed=int(n_closed or 0),
@@ -321,6 +336,7 @@ class DomainCollector(Collector):
             select(
                 FindingRow.run_id, FindingRow.kind, FindingRow.severity, FindingRow.client_id,
                 FindingRow.first_round, FindingRow.last_round, FindingRow.score,
+                FindingRow.details_json,
             ).where(FindingRow.status == "open", FindingRow.run_id.in_(run_ids))
         ).all()  # fmt: skip
         out: dict[str, list[tuple]] = {}
@@ -341,16 +357,18 @@ class DomainCollector(Collector):
         if head is None:
             return None
         key = (run_id, int(head[0]), _ts(head[1]))
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        with self._cache_lock:  # concurrent scrapes share the cache
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         scores = round_scores(session, run_id, int(head[0]))
         if scores is None:
             return None
-        self._cache[key] = scores
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[key] = scores
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return scores
 
     # -- one run -------------------------------------------------------------
@@ -374,6 +392,10 @@ class DomainCollector(Collector):
         gauge(
             "fl_run_expected_clients", "Clients the run was registered to expect.", ["run"]
         ).add_metric(r, float(run.expected_clients))
+        if run.planned_rounds is not None:
+            gauge(
+                "fl_run_planned_rounds", "Rounds the run was registered to last (absent if not declared).", ["run"]
+            ).add_metric(r, float(run.planned_rounds))
         gauge(
             "fl_run_last_activity_timestamp_seconds",
             "Unix time of the run's latest round opening (first report) or closing.",
@@ -412,10 +434,12 @@ class DomainCollector(Collector):
         counts = {(k, s): 0 for k in FINDING_KINDS for s in SEVERITIES}
         streak = dict.fromkeys(RUN_SIGNAL_KINDS, 0)
         latest = scores.round if scores else None
-        for kind, severity, client_id, first_round, last_round, _score in findings:
+        for kind, severity, client_id, _first, last_round, _score, details in findings:
             counts[(kind, severity)] = counts.get((kind, severity), 0) + 1
             if client_id is None and kind in streak and last_round == latest:
-                streak[kind] = max(streak[kind], last_round - first_round + 1)
+                # consecutive active rounds (quiet rounds inside an open finding do not count)
+                active = json.loads(details or "{}").get("active_streak", 1)
+                streak[kind] = max(streak[kind], int(active))
         fam = gauge(
             "fl_run_findings_open",
             "Open findings by kind and severity.",
@@ -438,8 +462,13 @@ class DomainCollector(Collector):
             )
             values = scores.client_scores.get(key) if scores else None
             finite = values[~np.isnan(values)] if values is not None else np.empty(0)
-            with np.errstate(invalid="ignore"):  # +Inf scores (non-finite clients) stay +Inf
-                qs = np.quantile(finite, QUANTILES) if finite.size else [math.nan] * len(QUANTILES)
+            # "higher": an order statistic, no interpolation, so +Inf scores (clients that sent
+            # non-finite updates) stay +Inf instead of turning the quantile into inf - inf = NaN.
+            qs = (
+                np.quantile(finite, QUANTILES, method="higher")
+                if finite.size
+                else [math.nan] * len(QUANTILES)
+            )
             for q, v in zip(QUANTILES, qs, strict=True):
                 fam.add_metric([run.run_id, f"{q:g}"], float(v))
 
@@ -552,13 +581,26 @@ class DomainCollector(Collector):
 
 
 class _TelemetryView(Collector):
-    """The app's per-process telemetry (its own registry), served beside the domain collector."""
+    """The app's per-process telemetry, served beside the domain collector with a ``worker`` label.
+
+    Request latency, signal time and store errors are counted in each uvicorn
+    worker's memory; successive scrapes of one target reach different workers,
+    so each worker's series carry its pid and ``sum``/``rate`` stay correct.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.worker = str(os.getpid())
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.registry.collect()
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(
+                    sample.name, {**sample.labels, "worker": self.worker}, sample.value,
+                    sample.timestamp, sample.exemplar,
+                )  # fmt: skip
+            yield labelled
 
 
 def metrics_registry(

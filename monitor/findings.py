@@ -46,6 +46,8 @@ class FindingRecord:
     status: str = "open"
     resolved_round: int | None = None
     quiet_rounds: int = 0
+    active_streak: int = 1
+    """Consecutive rounds, up to ``last_round``, in which the signal was active."""
     peak_score: float | None = None
     id: int | None = None
 
@@ -55,16 +57,22 @@ class FindingRecord:
 
     def details_for_store(self) -> dict[str, Any]:
         """``details`` plus the lifecycle counters, for a store without columns for them."""
-        return {**self.details, "quiet_rounds": self.quiet_rounds, "peak_score": self.peak_score}
+        return {
+            **self.details,
+            "quiet_rounds": self.quiet_rounds,
+            "peak_score": self.peak_score,
+            "active_streak": self.active_streak,
+        }
 
     @classmethod
     def from_row_fields(cls, **row: Any) -> FindingRecord:
         """Build from a store row's fields; reads ``quiet_rounds``/``peak_score`` back out of ``details``."""
         details = dict(row.pop("details", None) or {})
         quiet = int(details.pop("quiet_rounds", 0) or 0)
+        streak = int(details.pop("active_streak", 1) or 1)
         peak = details.pop("peak_score", None)
         known = {k: v for k, v in row.items() if k in cls.__dataclass_fields__}
-        return cls(details=details, quiet_rounds=quiet, peak_score=peak, **known)
+        return cls(details=details, quiet_rounds=quiet, peak_score=peak, active_streak=streak, **known)
 
 
 @dataclass
@@ -147,6 +155,7 @@ def reconcile(
                     message=a.message,
                     details=dict(a.details),
                     quiet_rounds=0,
+                    active_streak=f.active_streak + 1 if f.quiet_rounds == 0 else 1,
                     peak_score=_worse(f.peak_score, a.score),
                 )
             )

@@ -154,6 +154,9 @@ class WebhookNotifier:
                     self.sent += 1
                 else:
                     self.failed += 1
+            except Exception:  # noqa: BLE001  (one bad payload or URL must not stop the thread)
+                self.failed += 1
+                log.exception("notification to %s failed", self.url)
             finally:
                 self._queue.task_done()
 
@@ -181,4 +184,4 @@ def notifier_from_settings(settings: Settings) -> WebhookNotifier | None:
     """A notifier posting to ``settings.notify_webhook_url``, or None when it is unset."""
     if not settings.notify_webhook_url:
         return None
-    return WebhookNotifier(settings.notify_webhook_url)
+    return WebhookNotifier(settings.notify_webhook_url, token=settings.notify_webhook_token)

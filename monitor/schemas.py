@@ -112,6 +112,10 @@ class RunCreate(WireModel):
     sketch_dim: int = Field(default=0, ge=0, le=MAX_SKETCH_DIM)
     sketch_seed: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
     expected_clients: int = Field(ge=1, le=10_000_000)
+    planned_rounds: int | None = Field(
+        default=None, ge=1, le=1_000_000_000,
+        description="Rounds the run is meant to last; lets alerts tell a stalled run from a finished one.",
+    )
     dp: DPConfig | None = None
     centralized_accuracy: Ratio | None = None
     thresholds: dict[str, FiniteFloat] = Field(

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     # Direct notifier for setups without Alertmanager.
     notify_webhook_url: str | None = None
+    notify_webhook_token: str | None = Field(
+        default=None, description="Bearer token sent with direct notifications, if the receiver needs one."
+    )
 
     @field_validator("sqlite_synchronous")
     @classmethod

@@ -246,6 +246,7 @@ class Simulation:
             "sketch_dim": s.sketch_dim,
             "sketch_seed": s.effective_sketch_seed,
             "expected_clients": s.num_clients,
+            "planned_rounds": s.rounds,
             "metadata": {
                 "source": "fedsentinel-simulator",
                 "dataset": s.dataset,

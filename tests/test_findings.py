@@ -145,3 +145,24 @@ def test_one_finding_per_ongoing_problem_on_a_stream():
     got = {(f.kind, f.client_id): (f.last_round, f.resolved_round) for f in resolved}
     assert got == {("label_drift", "c00004"): (11, 14), ("stale_update", "c00009"): (9, 12)}
     assert not open_
+
+
+def test_active_streak_counts_consecutive_active_rounds_only() -> None:
+    """A quiet round inside an open finding restarts the streak the alert rules count."""
+    from types import SimpleNamespace
+
+    def active(rnd: int) -> list:
+        return [SimpleNamespace(kind="global_stagnation", severity="warning", client_id=None, score=1.0,
+                                threshold=0.5, message=f"r{rnd}", details={})]
+
+    opened = reconcile([], active(10), 10).opened
+    assert [f.active_streak for f in opened] == [1]
+    f = reconcile(opened, active(11), 11).updated[0]
+    assert f.active_streak == 2
+    f = reconcile([f], [], 12).updated[0]  # quiet, still open
+    assert f.quiet_rounds == 1 and f.status == "open"
+    f = reconcile([f], active(13), 13).updated[0]
+    assert f.active_streak == 1 and f.last_round == 13 and f.first_round == 10
+    columns = {k: v for k, v in f.__dict__.items() if k not in ("quiet_rounds", "peak_score", "active_streak")}
+    stored = FindingRecord.from_row_fields(**{**columns, "details": f.details_for_store()})
+    assert stored.active_streak == 1

@@ -27,6 +27,7 @@ class RunRow(SQLModel, table=True):
     config_json: str
     config_hash: str = Field(max_length=64)
     expected_clients: int
+    planned_rounds: int | None = None
 
 
 class RoundRow(SQLModel, table=True):

@@ -42,6 +42,7 @@ def register_run(session: Session, spec: RunCreate) -> bool:
             config_json=spec.model_dump_json(),
             config_hash=digest,
             expected_clients=spec.expected_clients,
+            planned_rounds=spec.planned_rounds,
         )
         .on_conflict_do_nothing()
         .returning(RunRow.run_id)

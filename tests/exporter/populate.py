@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from sqlmodel import Session
 
@@ -57,10 +59,13 @@ def add_round(
 
 def add_finding(
     session: Session, run_id: str, kind: str, client: str | None, first: int, last: int,
-    severity: str = "warning",
+    severity: str = "warning", active_streak: int | None = None,
 ) -> None:  # fmt: skip
+    """A stored finding as the engine writes it (``active_streak`` defaults to every round active)."""
+    streak = last - first + 1 if active_streak is None else active_streak
     session.add(FindingRow(run_id=run_id, kind=kind, severity=severity, client_id=client, first_round=first,
-                           last_round=last, message=f"{kind} on {client}"))  # fmt: skip
+                           last_round=last, message=f"{kind} on {client}",
+                           details_json=json.dumps({"active_streak": streak})))  # fmt: skip
 
 
 def populate(store: Store, run_id: str, n: int, rounds: int = 1, seed: int = 0) -> list[str]:

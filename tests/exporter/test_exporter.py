@@ -52,6 +52,8 @@ def test_real_scrape_passes_promtool_check_metrics(api, store: Store) -> None:  
     with store.write_session() as session:
         add_finding(session, "r1", "label_drift", ids[7], 1, 2, "critical")
         add_finding(session, "r1", "fairness_regression", None, 1, 2)
+        # open since round 1 but quiet in between: only the current active run of rounds counts
+        add_finding(session, "r1", "global_stagnation", None, 1, 2, active_streak=1)
     api.get("/healthz")  # a request so the latency histogram has samples
     text, samples = scrape(api)
     result = promtool("check", "metrics", stdin=text)
@@ -64,6 +66,7 @@ def test_real_scrape_passes_promtool_check_metrics(api, store: Store) -> None:  
             assert line.split()[2].endswith("_total")
     assert value(samples, "fl_run_round", run="r1") == 2
     assert value(samples, "fl_run_signal_streak_rounds", run="r1", kind="fairness_regression") == 2
+    assert value(samples, "fl_run_signal_streak_rounds", run="r1", kind="global_stagnation") == 1
     assert (
         value(samples, "fl_run_findings_open", run="r1", kind="label_drift", severity="critical")
         == 1
