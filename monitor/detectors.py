@@ -1013,10 +1013,12 @@ def analyze_round(
         label_ratio,
         feat_ratio,
         ph_stat / th.changepoint_lambda,
-        np.where(div_round | div_flag, div_score, np.fmin(div_score, th.update_robust_z))
+        # np.minimum, not fmin: a missing score (too few clients, a failed client) must stay
+        # missing (0 below), not become exactly the alarm line.
+        np.where(div_round | div_flag, div_score, np.minimum(div_score, th.update_robust_z))
         / th.update_robust_z,
         np.where(stale | free, 1.0, 0.0),
-        np.fmin(wall_z / th.straggler_robust_z, wall_ratio / th.straggler_min_ratio),
+        np.minimum(wall_z / th.straggler_robust_z, wall_ratio / th.straggler_min_ratio),
     ):
         anomaly = np.fmax(anomaly, np.nan_to_num(part, nan=0.0, neginf=0.0))
     anomaly = np.where(nonfinite, np.inf, np.maximum(anomaly, 0.0))
@@ -1428,7 +1430,9 @@ def analyze_round(
     # privacy
     eps_acct = math.nan
     if cfg.dp_noise_multiplier is not None and cfg.dp_sample_rate is not None:
-        st.dp_steps += 1
+        # One accountant step per round number, not per analysed round: a round that was never
+        # analysed (closed late, never closed) still spent privacy. Errs towards a higher epsilon.
+        st.dp_steps = max(st.dp_steps + 1, rnd)
         eps_acct = privacy.dp_fedavg_epsilon(
             cfg.dp_noise_multiplier, cfg.dp_sample_rate, st.dp_steps, cfg.dp_delta or 1e-5
         )

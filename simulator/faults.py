@@ -145,9 +145,14 @@ class FaultPlan:
         return truth
 
 
-def fault_rng(seed: int, round: int, client: int, fault_index: int) -> np.random.Generator:
-    """Randomness of one fault on one client in one round, independent of everything else."""
-    return np.random.default_rng([seed, 7000, round, client, fault_index])
+def fault_rng(seed: int, round: int, client: int, fault_index: int, split: int = 0) -> np.random.Generator:
+    """Randomness of one fault on one client in one round, independent of everything else.
+
+    ``split`` separates the training rows' stream (0) from the held-out rows' (1), so that the
+    held-out rows a fault changes do not depend on how many training rows were drawn before
+    (an evaluation with no training rows sees the same faulty held-out rows as training did).
+    """
+    return np.random.default_rng([seed, 7000, round, client, fault_index, split])
 
 
 def apply_data_faults(
@@ -169,12 +174,13 @@ def apply_data_faults(
         if f.kind == "label_drift":
             target = int(f.option("target_class", 0)) % ctx.num_classes
             pool = np.flatnonzero(ctx.pool_y == target)
-            for x, y in ((x_train, y_train), (x_test, y_test)):
+            for split, (x, y) in enumerate(((x_train, y_train), (x_test, y_test))):
+                split_rng = fault_rng(ctx.seed, round, client, f.index, split)
                 m = int(round_half_up(s * len(y)))
                 if m == 0 or len(pool) == 0:
                     continue
-                rows = rng.choice(len(y), size=m, replace=False)
-                src = rng.choice(pool, size=m, replace=True)
+                rows = split_rng.choice(len(y), size=m, replace=False)
+                src = split_rng.choice(pool, size=m, replace=True)
                 x[rows] = ctx.pool_X[src]
                 y[rows] = target
         elif f.kind == "covariate_shift":
@@ -191,7 +197,6 @@ def apply_data_faults(
         elif f.kind == "fairness_regression":
             ramp = max(1, int(f.option("ramp_rounds", 10)))
             progress = min(1.0, (round - f.spec.onset_round + 1) / ramp) * s
-            fixed = fault_rng(ctx.seed, 0, client, f.index)  # the same rows drift every round
             perm = ctx.cohort_permutation(f.index)
             amount = (
                 progress
@@ -199,7 +204,8 @@ def apply_data_faults(
                 * ctx.feature_std
                 * ctx.cohort_signs(f.index)
             ).astype(np.float32)
-            for x, y in ((x_train, y_train), (x_test, y_test)):
+            for split, (x, y) in enumerate(((x_train, y_train), (x_test, y_test))):
+                fixed = fault_rng(ctx.seed, 0, client, f.index, split)  # the same rows every round
                 rows = fixed.random(len(y)) < progress
                 y[rows] = perm[y[rows]]
                 x += amount

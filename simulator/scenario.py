@@ -146,7 +146,7 @@ class FaultSpec(_Strict):
 class DPSettings(_Strict):
     """DP-FedAvg: clip norm C, noise multiplier sigma; the sample rate is ``sample_fraction``."""
 
-    noise_multiplier: float = Field(ge=0)
+    noise_multiplier: float = Field(gt=0, description="sigma > 0: without noise there is no DP guarantee (epsilon is infinite).")
     clip_norm: float = Field(gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     target_epsilon: float | None = Field(default=None, gt=0)
@@ -225,6 +225,9 @@ class Scenario(_Strict):
                 f"dataset {self.dataset} has no natural split; use iid, dirichlet, quantity or feature"
             )
         for i, fault in enumerate(self.faults):
+            indices = [self.client_index(c) for c in fault.clients if _is_client_ref(c)]
+            if len(set(indices)) != len(indices):
+                raise ValueError(f"faults[{i}] ({fault.kind}): lists a client twice (it would apply twice)")
             for c in fault.clients:
                 try:
                     k = self.client_index(c)
@@ -283,6 +286,14 @@ class Scenario(_Strict):
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a scenario must be a mapping at the top level")
         return cls.model_validate(data)
+
+
+def _is_client_ref(client: int | str) -> bool:
+    """True for an index or an id like 'c007' (bad references are reported by the loop after)."""
+    if isinstance(client, int):
+        return True
+    text = client.strip()
+    return text.isdigit() or (text.startswith("c") and text[1:].isdigit())
 
 
 def demo_scenario() -> Scenario:

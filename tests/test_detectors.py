@@ -577,3 +577,30 @@ def test_straggler_needs_a_high_z_and_a_material_ratio():
     assert {d.client_ids[4], d.client_ids[7]} <= {
         s.client_id for s in a.active if s.kind == "straggler"
     }
+
+
+def test_a_missing_divergence_score_does_not_rank_a_client_at_the_alarm_line() -> None:
+    """Too few clients for a robust z (or a failed client): the anomaly score must not be 1.0."""
+    from monitor.schemas import RunCreate
+
+    run = RunCreate(run_id="tiny", task={"num_classes": 3}, expected_clients=2, sketch_dim=4)
+    data = RoundInput.empty(1, ["a", "b"], run)
+    data.update_norm[:] = [1.0, 1.1]
+    data.sketch[:] = [[1, 0, 0, 0], [0.9, 0.1, 0, 0]]
+    data.aggregate_sketch = np.array([1.0, 0.05, 0, 0])
+    out = analyze_round(run, Thresholds(), DetectorState(), data)
+    assert (out.client_scores["anomaly_score"] < 1.0).all(), out.client_scores["anomaly_score"]
+
+
+def test_privacy_steps_follow_round_numbers_not_analysed_rounds() -> None:
+    """Rounds 3-4 never analysed: epsilon at round 6 still counts 6 accountant steps."""
+    from monitor.schemas import RunCreate
+    from monitor.signals.privacy import dp_fedavg_epsilon
+
+    run = RunCreate(run_id="dp", task={"num_classes": 3}, expected_clients=2,
+                    dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "sample_rate": 0.1})
+    state = DetectorState()
+    for rnd in (1, 2, 5, 6):
+        out = analyze_round(run, Thresholds(), state, RoundInput.empty(rnd, ["a", "b"], run))
+        state = out.state
+    assert out.round_scores["epsilon_accountant"] == pytest.approx(dp_fedavg_epsilon(1.0, 0.1, 6, 1e-5))

@@ -113,3 +113,23 @@ def test_fault_options_roundtrip() -> None:
     assert f.active(1) and not FaultSpec(
         kind="dropout", clients=[0], onset_round=3, end_round=4
     ).active(5)
+
+
+def test_a_fault_listing_a_client_twice_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from simulator.scenario import FaultSpec, Scenario
+
+    with pytest.raises(ValidationError, match="lists a client twice"):
+        Scenario(num_clients=5, rounds=3, faults=[FaultSpec(kind="exploding_update", clients=[3, "c003"], onset_round=1)])
+
+
+def test_dp_needs_a_positive_noise_multiplier() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from simulator.scenario import DPSettings
+
+    with pytest.raises(ValidationError):
+        DPSettings(noise_multiplier=0, clip_norm=1.0)
