@@ -16,6 +16,10 @@ On a train instruction that carries fedsentinel's run settings (added by
    bin edges and the L2 norm of the update (reply arrays minus received arrays),
 5. puts them in the reply as a ``ConfigRecord`` (see :mod:`collectors.flower.records`).
 
+On an evaluate instruction carrying the settings it only takes them out and
+adds the client id to the reply, so that the server can name a node whose
+train step failed.
+
 Without those settings (an unwrapped strategy) the mod only passes the message
 on. A failure inside the mod is logged and the reply goes back without
 statistics; exceptions of the user's own code are not touched.
@@ -113,7 +117,10 @@ class MonitorMod:
         if not message.has_content() or RECORD_KEY not in message.content:
             return call_next(message, context)
         settings = message.content.pop(RECORD_KEY)
-        if message.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+        kind = message.metadata.message_type.split(".")[0]
+        if kind == MessageType.EVALUATE:
+            return self._name_reply(call_next(message, context), context)
+        if kind != MessageType.TRAIN:
             return call_next(message, context)
 
         stats: dict[str, Any] = {}
@@ -134,6 +141,18 @@ class MonitorMod:
             reply.content[RECORD_KEY] = ConfigRecord(stats)
         except Exception:  # noqa: BLE001
             log.exception("fedsentinel mod: statistics after training failed")
+        return reply
+
+    def _name_reply(self, reply: Message, context: Context) -> Message:
+        """Evaluate replies carry the client id only (the server learns which node is which)."""
+        if reply.has_error() or not reply.has_content():
+            return reply
+        try:
+            cid = self.client_id(context)
+            if cid:
+                reply.content[RECORD_KEY] = ConfigRecord({"client_id": str(cid)})
+        except Exception:  # noqa: BLE001
+            log.exception("fedsentinel mod: naming the evaluate reply failed")
         return reply
 
     def _before(

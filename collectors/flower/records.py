@@ -8,7 +8,9 @@ message's ``RecordDict``:
   and the round number;
 * client -> server (train replies): the client's statistics (label histogram,
   feature histograms, update norm, evaluation of the received global model on
-  local held-out data, wall time, client id).
+  local held-out data, wall time, client id);
+* server -> client (evaluate instructions): ``run_id`` and ``round`` only;
+* client -> server (evaluate replies): the client id only.
 
 Why a ``ConfigRecord`` and not the reply's ``MetricRecord``: Flower's built-in
 strategies require exactly one ``MetricRecord`` per reply with the same keys in

@@ -14,12 +14,28 @@ the wrapped strategy, and reads what passes through:
 * ``aggregate_train``: before delegating, reads every reply - node id
   (``metadata.src_node_id``), failure (``has_error()``), the mod's statistics
   (taken out of the reply), the returned arrays (update norm and sketch against
-  the global arrays). Sampled nodes without a reply are reported as ``timeout``.
-  After delegating, the aggregate update's norm and sketch.
+  the global arrays, streamed over parameter blocks without copying the
+  replies: :mod:`collectors.flower.sketch`). Sampled nodes without a reply are
+  reported as ``timeout``. After delegating, the aggregate update's norm and sketch.
+* ``configure_evaluate``: adds the run id and round for the mod, which answers
+  with the client id.
 * ``aggregate_evaluate``: per-client and aggregated evaluation metrics; then the
   round's reports are sent and the round is closed. With a centralised
   ``evaluate_fn`` passed to :meth:`start`, the round closes after it instead,
   with its metrics as the global evaluation.
+
+Client ids: the service knows clients by the id the mod sends
+(``client-<partition-id>`` by default); the server learns node id -> client id
+from every reply carrying the mod's record (train and evaluate) and names the
+round's reports when the round is sent, so a node whose train step fails is
+named by its evaluate reply of the same round. A node never heard from (failed
+or timed out in every step so far) is reported as ``node-<node id>`` and under
+its client id once it answers: the service then holds two clients for one
+(Flower tells the server nothing else about a node). When two nodes claim one
+client id in a round (two supernodes with the same partition-id), one keeps it
+(see ``_assign_client_ids``) and the others are reported as
+``<id>@node-<node id>`` with a warning: the service refuses a batch that holds
+two reports for one client, which would lose the whole round.
 
 Nothing of the replies that the wrapped strategy sees is changed except that
 fedsentinel's own record is removed, so aggregation results are identical with
@@ -34,6 +50,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -53,11 +70,11 @@ from collectors.flower.records import (
     finite_ratio,
     first_number,
     first_record,
-    flatten_arrays,
     server_config,
 )
+from collectors.flower.sketch import FlatVector, Projector
 from collectors.sink import ReportSink
-from monitor.schemas import RunCreate
+from monitor.schemas import ID_PATTERN, RunCreate
 
 log = logging.getLogger("fedsentinel.flower")
 
@@ -78,13 +95,27 @@ def default_spool_dir() -> Path:
     )
 
 
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def _add_settings(messages: list[Message], settings: ConfigRecord) -> None:
+    for message in messages:
+        # A RecordDict of its own per message (strategies share one between
+        # messages): the same records plus ours; the mod takes ours out again.
+        content = RecordDict(dict(message.content.items()))
+        content[RECORD_KEY] = settings
+        message.content = content
+
+
 class _RoundState:
     def __init__(self, server_round: int) -> None:
         self.server_round = server_round
-        self.global_vec: np.ndarray | None = None
+        self.global_vec: FlatVector | None = None
         self.global_keys: list[str] = []
         self.sampled: list[int] = []
-        self.reports: dict[int, dict[str, Any]] = {}  # node id -> ClientReport dict
+        # node id -> ClientReport dict without its client_id (named when the round is sent)
+        self.reports: dict[int, dict[str, Any]] = {}
+        self.claimed: set[int] = set()  # nodes that sent a client id in this round
         self.summary: dict[str, Any] = {}
 
 
@@ -127,8 +158,9 @@ class MonitoredStrategy(Strategy):
         self._registered = False
         self._round: _RoundState | None = None
         self._close_after_evaluate_fn = False
-        self._node_names: dict[int, str] = {}
-        self._sketch: Any = None  # (num_params, torch matrix)
+        self._node_names: dict[int, str] = {}  # node id -> the client id it last claimed
+        self._name_owner: dict[str, int] = {}  # client id -> the first node that claimed it
+        self._projector: Projector | None = None
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsentinel-flower")
         self._last_send: Future[None] | None = None
 
@@ -162,7 +194,9 @@ class MonitoredStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        self._guard(self._on_configure_evaluate, server_round, messages)
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -239,32 +273,90 @@ class MonitoredStrategy(Strategy):
             self._registered = True
         state = _RoundState(server_round)
         state.global_keys = list(arrays.keys())
-        state.global_vec = flatten_arrays(arrays, state.global_keys)
+        state.global_vec = FlatVector.from_arrays(arrays, state.global_keys)
         state.sampled = [m.metadata.dst_node_id for m in messages]
         self._round = state
-        settings = ConfigRecord(server_config(self.run, server_round))
-        for message in messages:
-            # A RecordDict of its own per message (strategies share one between
-            # messages): the same records plus ours; the mod takes ours out again.
-            content = RecordDict(dict(message.content.items()))
-            content[RECORD_KEY] = settings
-            message.content = content
+        _add_settings(messages, ConfigRecord(server_config(self.run, server_round)))
 
-    def _name(self, node_id: int, claimed: Any = None) -> str:
-        if isinstance(claimed, str) and claimed:
-            self._node_names[node_id] = claimed
-        return self._node_names.get(node_id) or f"node-{node_id}"
+    def _on_configure_evaluate(self, server_round: int, messages: list[Message]) -> None:
+        # Only so that the mod names its client in the evaluate reply as well
+        # (a node whose train step failed is still named correctly).
+        _add_settings(
+            messages, ConfigRecord({"run_id": self.run.run_id, "round": int(server_round)})
+        )
+
+    def _learn_name(self, node_id: int, claimed: Any, state: _RoundState | None = None) -> None:
+        """Remember the client id a node claims (ignored unless it is a valid identifier)."""
+        if not isinstance(claimed, str) or not claimed:
+            return
+        if not _ID_RE.match(claimed):
+            if self._node_names.get(node_id) != claimed:
+                log.warning(
+                    "fedsentinel: node %s claims the invalid client id %r; reported as node-%s",
+                    node_id,
+                    claimed,
+                    node_id,
+                )
+                self._node_names[node_id] = claimed  # warn once
+            return
+        self._node_names[node_id] = claimed
+        self._name_owner.setdefault(claimed, node_id)
+        if state is not None:
+            state.claimed.add(node_id)
+
+    def _name(self, node_id: int) -> str:
+        name = self._node_names.get(node_id)
+        return name if name is not None and _ID_RE.match(name) else f"node-{node_id}"
+
+    def _assign_client_ids(self, state: _RoundState) -> list[dict[str, Any]]:
+        """The round's reports with their client ids, one report per id.
+
+        Two nodes can claim one client id (two supernodes started with the same
+        partition-id); the service refuses a batch with two reports for one client,
+        so one node keeps the id and the others are reported as
+        ``<id>@node-<node id>``. The keeper is chosen among the nodes that sent
+        the id in this round (all of them if none did): the first node that
+        claimed it in the run if it is one of them, else the first of them. So a
+        node restarted under a new node id keeps its client id even when its old
+        node id is still sampled (and times out).
+        """
+        by_name: dict[str, list[int]] = {}
+        for node in state.reports:
+            by_name.setdefault(self._name(node), []).append(node)
+        out = []
+        for node, report in state.reports.items():
+            name = self._name(node)
+            nodes = by_name[name]
+            candidates = [n for n in nodes if n in state.claimed] or nodes
+            owner = self._name_owner.get(name)
+            keeper = owner if owner in candidates else candidates[0]
+            if node != keeper:
+                suffix = f"@node-{node}"
+                alias = name[: 128 - len(suffix)] + suffix
+                log.warning(
+                    "fedsentinel: nodes %s all claim client id %r in round %s; node %s keeps it, "
+                    "node %s is reported as %r",
+                    nodes,
+                    name,
+                    state.server_round,
+                    keeper,
+                    node,
+                    alias,
+                )
+                name = alias
+            out.append({"client_id": name, **report})
+        return out
 
     def _on_train_replies(self, server_round: int, replies: list[Message]) -> None:
         state = self._round
         if state is None or state.server_round != server_round:
             state = self._round = _RoundState(server_round)
         weight_key = getattr(self.strategy, "weighted_by_key", "num-examples")
-        deltas: list[tuple[int, np.ndarray]] = []
+        updates: list[tuple[int, FlatVector]] = []
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                state.reports[node] = {"client_id": self._name(node), "status": "failed"}
+                state.reports[node] = {"status": "failed"}
                 log.info(
                     "fedsentinel: node %s failed in round %s: %s",
                     node,
@@ -274,10 +366,8 @@ class MonitoredStrategy(Strategy):
                 continue
             stats = reply.content.pop(RECORD_KEY, None) if reply.has_content() else None
             stats = dict(stats) if stats is not None else {}
-            report: dict[str, Any] = {
-                "client_id": self._name(node, stats.get("client_id")),
-                "status": "ok",
-            }
+            self._learn_name(node, stats.get("client_id"), state)
+            report: dict[str, Any] = {"status": "ok"}
             self._fill_stats(report, stats)
             if "num_examples" not in report:
                 n = as_float((first_record(reply.content.metric_records) or {}).get(weight_key))
@@ -285,19 +375,19 @@ class MonitoredStrategy(Strategy):
                     report["num_examples"] = int(n)
             arrays = first_record(reply.content.array_records)
             if arrays is not None and state.global_vec is not None:
-                vec = flatten_arrays(arrays, state.global_keys)
-                if vec is not None and vec.shape == state.global_vec.shape:
-                    delta = vec - state.global_vec
-                    report["update_norm"] = float(np.linalg.norm(delta))
-                    deltas.append((node, delta))
+                vec = FlatVector.from_arrays(arrays, state.global_keys)
+                if vec is not None and vec.size == state.global_vec.size:
+                    updates.append((node, vec))
             state.reports[node] = report
         for node in state.sampled:
             if node not in state.reports:
-                state.reports[node] = {"client_id": self._name(node), "status": "timeout"}
-        if deltas and self.run.sketch_dim > 0:
-            sketches = self._sketch_rows(np.stack([d for _, d in deltas]))
-            for (node, _), row in zip(deltas, sketches, strict=True):
-                state.reports[node]["update_sketch"] = row.tolist()
+                state.reports[node] = {"status": "timeout"}
+        if updates and state.global_vec is not None:
+            norms, sketches = self._project(state.global_vec, [v for _, v in updates])
+            for i, (node, _) in enumerate(updates):
+                state.reports[node]["update_norm"] = float(norms[i])
+                if sketches is not None:
+                    state.reports[node]["update_sketch"] = sketches[i].tolist()
 
     def _fill_stats(self, report: dict[str, Any], stats: dict[str, Any]) -> None:
         for name in STAT_FIELDS:
@@ -328,23 +418,14 @@ class MonitoredStrategy(Strategy):
                 start += nb
             report["feature_histograms"] = out
 
-    def _sketch_rows(self, deltas: np.ndarray) -> np.ndarray:
-        """``deltas @ R`` with the simulator's fixed-seed projection (``simulator.stats.sketch_matrix``)."""
-        import torch
-
-        from simulator.stats import sketch_matrix
-
-        num_params = deltas.shape[1]
-        if self._sketch is None or self._sketch[0] != num_params:
-            self._sketch = (
-                num_params,
-                sketch_matrix(num_params, self.run.sketch_dim, self.run.sketch_seed),
-            )
-        return (
-            (torch.from_numpy(deltas.astype(np.float32)) @ self._sketch[1])
-            .numpy()
-            .astype(np.float64)
-        )
+    def _project(
+        self, base: FlatVector, vectors: list[FlatVector]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Norms and sketches of ``v - base``, streamed over parameter blocks (see :mod:`.sketch`)."""
+        p = self._projector
+        if p is None or p.num_params != base.size:
+            p = self._projector = Projector(base.size, self.run.sketch_dim, self.run.sketch_seed)
+        return p.norms_and_sketches(base, vectors, sketch=self.run.sketch_dim > 0)
 
     def _on_train_aggregate(self, server_round: int, result: tuple[Any, Any]) -> None:
         state = self._round
@@ -354,23 +435,25 @@ class MonitoredStrategy(Strategy):
         arrays = result[0] if result else None
         if arrays is None or state.global_vec is None:
             return
-        vec = flatten_arrays(arrays, state.global_keys)
-        if vec is None or vec.shape != state.global_vec.shape:
+        vec = FlatVector.from_arrays(arrays, state.global_keys)
+        if vec is None or vec.size != state.global_vec.size:
             return
-        delta = vec - state.global_vec
-        state.summary["aggregate_update_norm"] = float(np.linalg.norm(delta))
-        if self.run.sketch_dim > 0:
-            state.summary["aggregate_sketch"] = self._sketch_rows(delta[None, :])[0].tolist()
+        norms, sketches = self._project(state.global_vec, [vec])
+        state.summary["aggregate_update_norm"] = float(norms[0])
+        if sketches is not None:
+            state.summary["aggregate_sketch"] = sketches[0].tolist()
 
     def _on_evaluate_replies(self, server_round: int, replies: list[Message]) -> None:
         state = self._round
-        if state is None or state.server_round != server_round:
-            return
+        if state is not None and state.server_round != server_round:
+            state = None
         for reply in replies:
             if reply.has_error() or not reply.has_content():
                 continue
-            reply.content.pop(RECORD_KEY, None)
-            report = state.reports.get(reply.metadata.src_node_id)
+            ours = reply.content.pop(RECORD_KEY, None)  # always: the wrapped strategy never sees it
+            if ours is not None:
+                self._learn_name(reply.metadata.src_node_id, dict(ours).get("client_id"), state)
+            report = None if state is None else state.reports.get(reply.metadata.src_node_id)
             if report is None or report["status"] != "ok":
                 continue
             metrics = first_record(reply.content.metric_records)
@@ -402,7 +485,7 @@ class MonitoredStrategy(Strategy):
         if state is None:
             return
         run_id = self.run.run_id
-        reports = list(state.reports.values())
+        reports = self._assign_client_ids(state)
         if reports:
             self._send(self.sink.report, run_id, state.server_round, reports)
         self._send(self.sink.close_round, run_id, state.server_round, state.summary)

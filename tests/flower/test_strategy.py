@@ -297,3 +297,167 @@ def test_unreachable_service_spools_and_training_goes_on(tmp_path) -> None:  # t
     strategy.close()
     assert arrays is not None
     assert client.pending() == 3 and strategy.errors == 0
+
+
+def client_evaluate(msg: Message, context: Context) -> Message:
+    assert RECORD_KEY not in msg.content, "the mod must hide its settings from user code"
+    metrics = MetricRecord({"eval_loss": 0.5, "eval_acc": 0.8, "num-examples": 10})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def ctx_for(node: int, partition: int | None) -> Context:
+    config = {} if partition is None else {"partition-id": partition}
+    return Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
+
+
+def full_round(
+    strategy: Any,
+    server_round: int,
+    partitions: dict[int, int | None],
+    fail_train: set[int] = frozenset(),
+    reverse: bool = False,
+    gone: set[int] = frozenset(),
+) -> tuple[Any, Any]:  # type: ignore[no-untyped-def]
+    """train then evaluate for every node (``partitions``: node id -> its partition-id).
+
+    Nodes in ``fail_train`` answer train with an error; nodes in ``gone`` never answer.
+    """
+    grid = FakeGrid(list(partitions))
+    messages = list(strategy.configure_train(server_round, global_arrays(), ConfigRecord(), grid))
+    replies = []
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        if node in gone:
+            continue
+        if node in fail_train:
+            replies.append(Message(Error(code=0, reason="boom"), reply_to=msg))
+        else:
+            replies.append(mod()(msg, ctx_for(node, partitions[node]), client_train))
+    train = strategy.aggregate_train(server_round, replies[::-1] if reverse else replies)
+    messages = list(
+        strategy.configure_evaluate(server_round, global_arrays(), ConfigRecord(), grid)
+    )
+    replies = [
+        mod()(
+            m, ctx_for(m.metadata.dst_node_id, partitions[m.metadata.dst_node_id]), client_evaluate
+        )
+        for m in messages
+        if m.metadata.dst_node_id not in gone
+    ]
+    return train, strategy.aggregate_evaluate(server_round, replies)
+
+
+def sent_reports(sink: RecordingSink, server_round: int) -> list[dict[str, Any]]:
+    return [c[2] for c in sink.calls if c[0] == "report" and c[1] == server_round][0]
+
+
+def test_two_nodes_claiming_one_client_id_are_both_reported(caplog) -> None:  # type: ignore[no-untyped-def]
+    sink = RecordingSink()
+    run = spec()
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=run)
+    partitions = {11: 7, 12: 7, 13: 3}  # two supernodes started with partition-id 7
+    with caplog.at_level("WARNING", logger="fedsentinel.flower"):
+        full_round(strategy, 1, partitions)
+        full_round(strategy, 2, partitions, reverse=True)
+    strategy.close()
+    assert strategy.errors == 0
+    assert any("client-7" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    first_owner = None
+    for server_round in (1, 2):
+        reports = sent_reports(sink, server_round)
+        ids = [r["client_id"] for r in reports]
+        assert len(set(ids)) == len(ids) == 3 and "client-3" in ids and "client-7" in ids
+        for r in reports:
+            validate_report_against_run(ClientReport.model_validate(r), run)
+        alias = next(i for i in ids if i.startswith("client-7@node-"))
+        owner = {11, 12} - {int(alias.rsplit("-", 1)[1])}
+        if first_owner is None:
+            first_owner = owner
+        assert owner == first_owner, "the node that claimed the id first keeps it"
+
+
+def test_long_duplicate_ids_are_cut_to_the_identifier_limit() -> None:
+    sink = RecordingSink()
+    run = spec()
+    long_id = "c" * 128
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=run)
+    grid = FakeGrid([1, 2**63 + 5])
+    messages = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid))
+    named = monitor_mod(data=lambda ctx, rnd: data_for(1), client_id=lambda ctx: long_id)
+    replies = [named(m, ctx_for(m.metadata.dst_node_id, None), client_train) for m in messages]
+    strategy.aggregate_train(1, replies)
+    strategy.close()
+    ids = [r["client_id"] for r in sink.calls[1][2]]
+    assert long_id in ids and len(set(ids)) == 2
+    for r in sink.calls[1][2]:
+        ClientReport.model_validate(r)  # ids match the service's pattern (<= 128 characters)
+
+
+def test_an_invalid_claimed_id_falls_back_to_the_node_id() -> None:
+    sink = RecordingSink()
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    messages = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), FakeGrid([1, 2])))
+    named = monitor_mod(
+        data=lambda ctx, rnd: data_for(1), client_id=lambda ctx: "bad id/with space"
+    )
+    replies = [named(m, ctx_for(m.metadata.dst_node_id, None), client_train) for m in messages]
+    strategy.aggregate_train(1, replies)
+    strategy.close()
+    assert sorted(r["client_id"] for r in sink.calls[1][2]) == ["node-1", "node-2"]
+
+
+def test_a_node_failing_its_first_train_is_named_by_its_evaluate_reply() -> None:
+    sink = RecordingSink()
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    partitions = {1: 1, 2: 2, 3: 3}
+    full_round(strategy, 1, partitions, fail_train={3})
+    full_round(strategy, 2, partitions)
+    strategy.close()
+    first = {r["client_id"]: r for r in sent_reports(sink, 1)}
+    assert set(first) == {"client-1", "client-2", "client-3"}
+    assert first["client-3"]["status"] == "failed"
+    assert first["client-1"]["status"] == "ok" and first["client-1"]["eval_accuracy"] == 0.6
+    assert {r["client_id"] for r in sent_reports(sink, 2)} == set(first)
+
+
+def test_evaluate_replies_aggregate_as_without_the_wrapper() -> None:
+    partitions = {1: 1, 2: 2}
+    sink = RecordingSink()
+    wrapped = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    _, metrics = full_round(wrapped, 1, partitions)
+    wrapped.close()
+    plain = FedAvg()
+    grid = FakeGrid(list(partitions))
+    messages = list(plain.configure_evaluate(1, global_arrays(), ConfigRecord(), grid))
+    replies = [client_evaluate(m, ctx_for(m.metadata.dst_node_id, 1)) for m in messages]
+    assert dict(metrics) == dict(plain.aggregate_evaluate(1, replies))
+
+
+def test_mod_names_evaluate_replies_only_for_a_monitored_server() -> None:
+    msg = Message(
+        content=RecordDict({"arrays": global_arrays(), RECORD_KEY: ConfigRecord({"round": 1})}),
+        message_type=MessageType.EVALUATE,
+        dst_node_id=1,
+    )
+    reply = mod()(msg, ctx_for(1, 4), client_evaluate)
+    assert dict(reply.content[RECORD_KEY]) == {"client_id": "client-4"}
+    plain = Message(
+        content=RecordDict({"arrays": global_arrays()}),
+        message_type=MessageType.EVALUATE,
+        dst_node_id=1,
+    )
+    assert RECORD_KEY not in mod()(plain, ctx_for(1, 4), client_evaluate).content
+
+
+def test_a_restarted_node_keeps_its_client_id_over_its_old_node_id() -> None:
+    sink = RecordingSink()
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    full_round(strategy, 1, {1: 1, 2: 2})
+    # Node 2 restarts as node 9 (same partition); node 2 is still sampled and times out.
+    full_round(strategy, 2, {1: 1, 2: 2, 9: 2}, gone={2})
+    strategy.close()
+    reports = {r["client_id"]: r for r in sent_reports(sink, 2)}
+    assert set(reports) == {"client-1", "client-2", "client-2@node-2"}
+    assert (
+        reports["client-2"]["status"] == "ok" and reports["client-2@node-2"]["status"] == "timeout"
+    )
