@@ -487,6 +487,15 @@ class DomainCollector(Collector):
             ["run"],
         ).add_metric(r, float(max(total - len(selected), 0)))
         self._client_metrics(session, run.run_id, scores, selected, gauge)
+        exported = {scores.client_ids[i] for i in selected} if scores else set()
+        open_by_client = gauge(
+            "fl_client_findings_open",
+            "1 for each open finding of an exported client, by kind and severity (the findings API has its sentence).",
+            ["run", "client", "kind", "severity"],
+        )
+        for kind, severity, client_id, *_rest in findings:
+            if client_id in exported:
+                open_by_client.add_metric([run.run_id, client_id, kind, severity], 1.0)
 
     def _select_clients(
         self, session: Session, run_id: str, scores: RoundScores | None, flagged: dict[str, str]

@@ -14,6 +14,7 @@ from monitor.dashboards.kit import (
     stat_panel,
     status_panel,
     steps,
+    table_panel,
     thresholds_override,
     timeseries_panel,
 )
@@ -192,4 +193,12 @@ def build() -> dict[str, Any]:
         thresholds=steps((1, "yellow"), *{(a.value, a.color) for a in alerting}, base="transparent"),
         overrides=[thresholds_override("non-finite update", (nonfinite.value, nonfinite.color), base="transparent")],
     ), 24, 9)  # fmt: skip
+    b.add(table_panel(
+        "Open findings",
+        "The client's findings open now, by kind and severity (fl_client_findings_open). Each finding's "
+        "evidence sentence, first and last round: /api/v1/runs/{run}/findings?client=... .",
+        [query(f"fl_client_findings_open{{{RC}}}", instant=True, table_format=True)],
+        hide=("Time", "Value", "__name__", "job", "instance", "run", "client"),
+        sort_by="severity",
+    ), 24, 6)  # fmt: skip
     return b.build()

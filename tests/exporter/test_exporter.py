@@ -67,6 +67,8 @@ def test_real_scrape_passes_promtool_check_metrics(api, store: Store) -> None:  
     assert value(samples, "fl_run_round", run="r1") == 2
     assert value(samples, "fl_run_signal_streak_rounds", run="r1", kind="fairness_regression") == 2
     assert value(samples, "fl_run_signal_streak_rounds", run="r1", kind="global_stagnation") == 1
+    assert value(samples, "fl_client_findings_open", run="r1", client=ids[7], kind="label_drift",
+                 severity="critical") == 1  # fmt: skip
     assert (
         value(samples, "fl_run_findings_open", run="r1", kind="label_drift", severity="critical")
         == 1
