@@ -408,7 +408,7 @@ def test_an_invalid_claimed_id_falls_back_to_the_node_id() -> None:
 
 def test_a_node_failing_its_first_train_is_named_by_its_evaluate_reply() -> None:
     sink = RecordingSink()
-    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=spec(), name_from_evaluate=True)
     partitions = {1: 1, 2: 2, 3: 3}
     full_round(strategy, 1, partitions, fail_train={3})
     full_round(strategy, 2, partitions)
@@ -423,7 +423,7 @@ def test_a_node_failing_its_first_train_is_named_by_its_evaluate_reply() -> None
 def test_evaluate_replies_aggregate_as_without_the_wrapper() -> None:
     partitions = {1: 1, 2: 2}
     sink = RecordingSink()
-    wrapped = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    wrapped = MonitoredStrategy(FedAvg(), monitor=sink, run=spec(), name_from_evaluate=True)
     _, metrics = full_round(wrapped, 1, partitions)
     wrapped.close()
     plain = FedAvg()
