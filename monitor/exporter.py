@@ -194,6 +194,12 @@ class _RunState:
     first_opened: float
 
 
+def _activity(run: _RunState) -> float:
+    """Latest opening or closing of a round (a run with no rounds sorts last)."""
+    times = [t for t in (run.last_opened, run.last_closed) if not math.isnan(t)]
+    return max(times) if times else -math.inf
+
+
 class DomainCollector(Collector):
     """Yields the ``fl_*`` families and the store-derived ``fedsentinel_*`` ones at each scrape."""
 
@@ -274,8 +280,12 @@ class DomainCollector(Collector):
         )
 
         findings = self._open_findings(session, [r.run_id for r in runs])
-        for run in runs:
-            self._run_metrics(session, run, findings.get(run.run_id, []), gauge)
+        # The most recently active runs get the per-client budget first.
+        clients_left = self.settings.exporter_max_exported_clients
+        for run in sorted(runs, key=lambda r: -_activity(r)):
+            clients_left -= self._run_metrics(
+                session, run, findings.get(run.run_id, []), gauge, clients_left
+            )
         return list(out.values())
 
     def _runs(self, session: Session) -> list[_RunState]:
@@ -373,7 +383,10 @@ class DomainCollector(Collector):
 
     # -- one run -------------------------------------------------------------
 
-    def _run_metrics(self, session: Session, run: _RunState, findings: list[tuple], gauge) -> None:  # type: ignore[no-untyped-def]
+    def _run_metrics(  # type: ignore[no-untyped-def]
+        self, session: Session, run: _RunState, findings: list[tuple], gauge, clients_left: int
+    ) -> int:
+        """Every family of one run; returns how many clients got per-client series."""
         r = [run.run_id]
         scores = self._scores(session, run.run_id)
         rs = scores.round_scores if scores else {}
@@ -478,6 +491,7 @@ class DomainCollector(Collector):
             if f[2] is not None:
                 flagged_clients.setdefault(f[2], f[1])
         selected, total = self._select_clients(session, run.run_id, scores, flagged_clients)
+        selected = selected[: max(clients_left, 0)]  # flagged clients come first
         gauge(
             "fl_run_clients_exported", "Clients with per-client series in this scrape.", ["run"]
         ).add_metric(r, float(len(selected)))
@@ -496,6 +510,7 @@ class DomainCollector(Collector):
         for kind, severity, client_id, *_rest in findings:
             if client_id in exported:
                 open_by_client.add_metric([run.run_id, client_id, kind, severity], 1.0)
+        return len(selected)
 
     def _select_clients(
         self, session: Session, run_id: str, scores: RoundScores | None, flagged: dict[str, str]

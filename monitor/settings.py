@@ -49,6 +49,11 @@ class Settings(BaseSettings):
 
     # Prometheus export (see monitor/exporter.py).
     exporter_top_k_clients: int = Field(default=50, ge=0)
+    exporter_max_exported_clients: int = Field(
+        default=200, ge=0,
+        description="Clients with per-client series across all runs of one scrape (the most "
+        "recently active runs first); bounds the exposition when many runs are live.",
+    )
     exporter_max_clients: int = Field(
         default=500, ge=0, description="Hard ceiling on per-client series per run, flagged clients included."
     )

@@ -177,3 +177,25 @@ def test_an_unreadable_store_gives_store_up_zero_not_an_error(tmp_path) -> None:
     assert families["fedsentinel_exporter_errors"].samples[0].value == 1
     assert not any(name.startswith("fl_") for name in families)
     broken.dispose()
+
+
+def test_many_live_runs_share_one_per_client_budget_most_recent_first(app_factory, store: Store) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from monitor.store.tables import RoundRow
+
+    ids = client_ids(100)
+    with store.write_session() as session:
+        for i in range(5):
+            add_run(session, f"run{i}", 100)
+            add_round(session, f"run{i}", 1, ids, np.linspace(1.0, 0.0, 100))
+    with store.write_session() as session:  # run4 is the most recently active, run0 the least
+        for i, row in enumerate(session.query(RoundRow).order_by(RoundRow.run_id)):
+            row.closed_at = row.closed_at - timedelta(minutes=10 * (5 - i))
+    api = app_factory(exporter_top_k_clients=50, exporter_max_exported_clients=120)
+    _, samples = scrape(api)
+    exported = {f"run{i}": value(samples, "fl_run_clients_exported", run=f"run{i}") for i in range(5)}
+    assert exported == {"run4": 50, "run3": 50, "run2": 20, "run1": 0, "run0": 0}
+    assert len(samples["fl_client_anomaly_score"]) == 120
+    # run-level series and quantiles stay for every run
+    assert {s.labels["run"] for s in samples["fl_run_client_anomaly_score_quantile"]} == {f"run{i}" for i in range(5)}
