@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-FAULT_KINDS = (
+FaultKind = Literal[
     "label_drift",
     "covariate_shift",
     "label_flip",
@@ -39,7 +39,9 @@ FAULT_KINDS = (
     "dropout",
     "straggler",
     "fairness_regression",
-)
+]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+"""Every fault the simulator can inject (one definition: the Literal above)."""
 
 FAULT_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "label_drift": {"target_class": int},
@@ -67,19 +69,6 @@ _FRACTION_SEVERITY = (
     "fairness_regression",
 )
 
-FaultKind = Literal[
-    "label_drift",
-    "covariate_shift",
-    "label_flip",
-    "noisy_labels",
-    "stale_update",
-    "free_rider",
-    "exploding_update",
-    "nonfinite_update",
-    "dropout",
-    "straggler",
-    "fairness_regression",
-]
 
 
 class _Strict(BaseModel):
