@@ -571,11 +571,12 @@ def evaluate(
     from simulator.scenario import FAULT_KINDS
 
     _quiet_logs()
-    kind_list = list(FAULT_KINDS) if kinds == "all" else _csv(str, kinds)
-    unknown = [k for k in kind_list if k not in FAULT_KINDS]
+    graded = [k for k in FAULT_KINDS if k in SEVERITY]  # the kinds this grid places and grades
+    kind_list = graded if kinds == "all" else _csv(str, kinds)
+    unknown = [k for k in kind_list if k not in graded]
     if unknown:
         raise click.BadParameter(
-            f"unknown fault kind(s) {', '.join(unknown)}; valid: {', '.join(FAULT_KINDS)}"
+            f"unknown fault kind(s) {', '.join(unknown)}; valid: {', '.join(graded)}"
         )
     if quick:
         alpha_list, seed_list, client_range, onset_range, rounds = [0.5], [0], (20, 25), (8, 10), 20

@@ -69,6 +69,13 @@ FITTING_KINDS: dict[str, frozenset[str]] = {
     "fairness_regression": frozenset(
         {"performance_drift", "data_drift", "label_drift", "feature_drift"}
     ),
+    # Byzantine updates (simulator.faults): only the update is crafted, so only it can show them
+    "sign_flip": frozenset({"update_divergence"}),
+    "gaussian_noise": frozenset({"update_divergence"}),
+    "alie": frozenset({"update_divergence"}),
+    "ipm": frozenset({"update_divergence"}),
+    # every client's features move at once: per client it is a feature drift
+    "federation_covariate_shift": frozenset({"feature_drift", "data_drift"}),
 }
 """Client-level finding kinds that point a user at the injected fault on that client."""
 

@@ -13,7 +13,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
-from simulator.scenario import FAULT_KINDS, Scenario, demo_scenario
+from simulator.scenario import FAULT_KINDS, FEDERATION_FAULTS, Scenario, demo_scenario
 
 
 def parse_fault(text: str) -> dict[str, Any]:
@@ -21,6 +21,7 @@ def parse_fault(text: str) -> dict[str, Any]:
 
     ``onset``/``end`` are short for ``onset_round``/``end_round``; a value with
     commas is a list; other values are read as YAML scalars (ints, floats, strings).
+    A federation-wide fault (``federation_covariate_shift:onset=10``) names no clients.
     """
     parts = [p.strip() for p in text.split(":")]
     kind = parts[0]
@@ -42,7 +43,7 @@ def parse_fault(text: str) -> dict[str, Any]:
             fault[key] = [_scalar(v) for v in value.split(",") if v.strip()]
         else:
             fault[key] = _scalar(value)
-    if "clients" not in fault:
+    if "clients" not in fault and kind not in FEDERATION_FAULTS:
         raise click.BadParameter(
             f"{text!r}: name the clients, e.g. {kind}:clients=3,7", param_hint="--fault"
         )
@@ -144,6 +145,16 @@ class _Tee:
 @click.option("--model", type=click.Choice(["logreg", "mlp"]))
 @click.option("--engine", type=click.Choice(["batched", "sequential"]))
 @click.option(
+    "--sample-fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the clients sampled per round (partial participation).",
+)
+@click.option(
+    "--missing-reports",
+    type=click.Choice(["omit", "timeout"]),
+    help="A sampled client that does not answer: not reported (omit) or reported as timeout.",
+)
+@click.option(
     "--fault",
     "faults",
     multiple=True,
@@ -168,6 +179,8 @@ def simulate(
     dataset: str | None,
     model: str | None,
     engine: str | None,
+    sample_fraction: float | None,
+    missing_reports: str | None,
     faults: tuple[str, ...],
     no_faults: bool,
     no_progress: bool,
@@ -192,6 +205,8 @@ def simulate(
         "dataset": dataset,
         "model": model,
         "engine": engine,
+        "sample_fraction": sample_fraction,
+        "missing_reports": missing_reports,
     }
     scenario = build_scenario(scenario_path, overrides, list(faults), no_faults)
     if truth is None:
@@ -260,7 +275,10 @@ def _print_summary(console: Any, scenario: Scenario, result: Any) -> None:
         for col in ("fault", "clients", "onset", "severity"):
             faults.add_column(col)
         for spec in scenario.faults:
-            ids = ", ".join(scenario.client_id(scenario.client_index(c)) for c in spec.clients)
+            ids = (
+                ", ".join(scenario.client_id(scenario.client_index(c)) for c in spec.clients)
+                or "all"
+            )
             faults.add_row(spec.kind, ids, str(spec.onset_round), f"{spec.severity:g}")
         console.print(faults)
     else:

@@ -31,6 +31,39 @@ Update faults act on the trained update ``d`` (the delta to the global model):
 * ``nonfinite_update``: a share ``severity`` of the entries (at least one)
   become NaN (or +inf with ``value: inf``); the client's train loss is NaN.
 
+Byzantine updates (attacks from the robust-aggregation literature; the client's
+data, losses and histograms stay honest, only the update it sends is crafted):
+
+* ``sign_flip``: ``d <- -severity * d`` (sign-flipping attack; Li et al., "RSA:
+  Byzantine-robust stochastic aggregation methods for distributed learning from
+  heterogeneous datasets", AAAI 2019; Allen-Zhu et al., ICLR 2021). At severity 1
+  the update has cosine -1 to the honest one and the same norm.
+* ``gaussian_noise``: ``d <- severity * ||d|| * g / ||g||``, ``g ~ N(0, I)`` (the
+  Gaussian attack of Blanchard et al., "Machine learning with adversaries: Byzantine
+  tolerant gradient descent", NeurIPS 2017, scaled here to the client's real update
+  norm so that a norm check alone cannot see it).
+* ``alie``: "a little is enough" (Baruch, Baruch and Goldberg, NeurIPS 2019). The
+  colluding clients of one fault all send ``mu - z * sigma``, with ``mu`` and ``sigma``
+  the per-coordinate mean and standard deviation of the round's honest updates and
+  ``z = severity``: every coordinate stays within the honest spread, so per-coordinate
+  robust aggregators (median, trimmed mean) keep it. The paper's
+  ``z_max = Phi^-1((n - s) / n)``, ``s = floor(n / 2 + 1) - m`` (:func:`alie_z_max`)
+  is 0.58 for n = 50 clients of which m = 12 collude.
+* ``ipm``: inner-product manipulation (Xie, Koyejo and Gupta, "Fall of empires:
+  breaking Byzantine-tolerant SGD by inner product manipulation", UAI 2020). The
+  colluding clients all send ``-epsilon * mean(honest updates)``, ``epsilon = severity``
+  (the paper uses 0.1 against Krum and larger values against the mean): the
+  aggregate's inner product with the true direction shrinks or turns negative.
+
+"Honest" is every client that trained this round with a finite update and is not
+part of the same colluding fault; with no honest update the colluders send their own.
+
+A federation-wide fault names no clients and hits every client at once:
+
+* ``federation_covariate_shift``: as ``covariate_shift`` (same ``features`` and
+  ``shift`` options) on every client from onset: a new feature pipeline or firmware
+  everywhere. Its ground truth lists every client with ``scope: federation``.
+
 Participation faults:
 
 * ``dropout``: each round, with probability ``severity``, the sampled client
@@ -40,12 +73,14 @@ Participation faults:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import norm as _normal
 
-from simulator.scenario import FaultSpec, Scenario
+from simulator.scenario import COLLUDING_FAULTS, FEDERATION_FAULTS, FaultSpec, Scenario
 
 DATA_FAULTS = (
     "label_drift",
@@ -53,8 +88,15 @@ DATA_FAULTS = (
     "label_flip",
     "noisy_labels",
     "fairness_regression",
+    "federation_covariate_shift",
 )
-UPDATE_FAULTS = ("free_rider", "exploding_update", "nonfinite_update")
+UPDATE_FAULTS = (
+    "free_rider",
+    "exploding_update",
+    "nonfinite_update",
+    "sign_flip",
+    "gaussian_noise",
+)
 
 
 @dataclass(frozen=True)
@@ -108,10 +150,14 @@ class FaultPlan:
         self.scenario = scenario
         self._by_client: dict[int, list[ActiveFault]] = {}
         for i, spec in enumerate(scenario.faults):
-            for c in spec.clients:
-                self._by_client.setdefault(scenario.client_index(c), []).append(
-                    ActiveFault(i, spec)
-                )
+            for k in self.fault_clients(spec):
+                self._by_client.setdefault(k, []).append(ActiveFault(i, spec))
+
+    def fault_clients(self, spec: FaultSpec) -> list[int]:
+        """The client indices a fault hits: the listed ones, or all for a federation-wide fault."""
+        if spec.kind in FEDERATION_FAULTS:
+            return list(range(self.scenario.num_clients))
+        return [self.scenario.client_index(c) for c in spec.clients]
 
     def active(
         self, client: int, round: int, kinds: tuple[str, ...] | None = None
@@ -126,11 +172,15 @@ class FaultPlan:
         return set(self._by_client)
 
     def ground_truth(self) -> list[dict]:
-        """One entry per (client, fault): what a detector should find, and from when."""
+        """One entry per (client, fault): what a detector should find, and from when.
+
+        ``scope`` is ``federation`` for a fault that hits every client at once (one
+        federation-level cause), ``client`` otherwise.
+        """
         truth = []
         for i, spec in enumerate(self.scenario.faults):
-            for c in spec.clients:
-                k = self.scenario.client_index(c)
+            scope = "federation" if spec.kind in FEDERATION_FAULTS else "client"
+            for k in self.fault_clients(spec):
                 truth.append(
                     {
                         "client_id": self.scenario.client_id(k),
@@ -140,12 +190,15 @@ class FaultPlan:
                         "severity": spec.severity,
                         "options": dict(spec.options),
                         "fault_index": i,
+                        "scope": scope,
                     }
                 )
         return truth
 
 
-def fault_rng(seed: int, round: int, client: int, fault_index: int, split: int = 0) -> np.random.Generator:
+def fault_rng(
+    seed: int, round: int, client: int, fault_index: int, split: int = 0
+) -> np.random.Generator:
     """Randomness of one fault on one client in one round, independent of everything else.
 
     ``split`` separates the training rows' stream (0) from the held-out rows' (1), so that the
@@ -183,7 +236,7 @@ def apply_data_faults(
                 src = split_rng.choice(pool, size=m, replace=True)
                 x[rows] = ctx.pool_X[src]
                 y[rows] = target
-        elif f.kind == "covariate_shift":
+        elif f.kind in ("covariate_shift", "federation_covariate_shift"):
             feats = np.asarray(f.option("features", ctx.default_shift_features()), dtype=np.int64)
             amount = (s * float(f.option("shift", 1.0)) * ctx.feature_std[feats]).astype(np.float32)
             x_train[:, feats] += amount
@@ -237,7 +290,61 @@ def apply_update_faults(
             delta = delta.clone()
             delta[rows] = float("inf") if f.option("value", "nan") == "inf" else float("nan")
             nonfinite = True
+        elif f.kind == "sign_flip":
+            delta = -s * delta
+        elif f.kind == "gaussian_noise":
+            noise = torch.randn(delta.shape, generator=gen)
+            delta = noise * (s * delta.norm() / noise.norm().clamp_min(1e-30))
     return delta, nonfinite
+
+
+def alie_z_max(n: int, m: int) -> float:
+    """Baruch et al. (2019)'s largest z that keeps ``m`` of ``n`` colluders' update inside the majority.
+
+    ``s = floor(n / 2 + 1) - m`` honest clients must be "persuaded";
+    ``z_max = Phi^-1((n - s) / n)``. 0.58 for n = 50, m = 12.
+    """
+    s = math.floor(n / 2 + 1) - m
+    return float(_normal.ppf((n - s) / n))
+
+
+def colluding_groups(
+    plan: FaultPlan, trainers: list[int], round: int
+) -> list[tuple[ActiveFault, list[int]]]:
+    """Per active colluding fault (ALIE, IPM), the positions in ``trainers`` of its clients."""
+    groups: dict[int, tuple[ActiveFault, list[int]]] = {}
+    for pos, k in enumerate(trainers):
+        for f in plan.active(k, round, COLLUDING_FAULTS):
+            groups.setdefault(f.index, (f, []))[1].append(pos)
+    return [groups[i] for i in sorted(groups)]
+
+
+def apply_colluding_faults(
+    deltas: torch.Tensor, nonfinite: torch.Tensor, groups: list[tuple[ActiveFault, list[int]]]
+) -> torch.Tensor:
+    """Replace each colluding group's updates ``[K, P]`` by the one vector it crafts from the honest ones.
+
+    Honest = finite rows outside the group, taken before any group acts (the colluders
+    see the round's honest updates, not each other's crafted ones). See the module
+    docstring for ALIE and IPM.
+    """
+    original = deltas
+    deltas = deltas.clone()
+    finite = ~nonfinite & torch.isfinite(original).all(dim=1)
+    for f, rows in groups:
+        honest = finite.clone()
+        honest[rows] = False
+        if not bool(honest.any()):
+            continue
+        h = original[honest]
+        mu = h.mean(dim=0)
+        if f.kind == "alie":
+            sigma = h.std(dim=0, unbiased=False)
+            crafted = mu - f.severity * sigma
+        else:  # ipm
+            crafted = -f.severity * mu
+        deltas[rows] = crafted
+    return deltas
 
 
 def drops_out(faults: list[ActiveFault], *, round: int, client: int, seed: int) -> bool:

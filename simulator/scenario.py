@@ -39,6 +39,11 @@ FaultKind = Literal[
     "dropout",
     "straggler",
     "fairness_regression",
+    "sign_flip",
+    "gaussian_noise",
+    "alie",
+    "ipm",
+    "federation_covariate_shift",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 """Every fault the simulator can inject (one definition: the Literal above)."""
@@ -55,8 +60,19 @@ FAULT_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "dropout": {},
     "straggler": {"slowdown": (int, float)},
     "fairness_regression": {"ramp_rounds": int, "shift": (int, float)},
+    "sign_flip": {},
+    "gaussian_noise": {},
+    "alie": {},
+    "ipm": {},
+    "federation_covariate_shift": {"features": list, "shift": (int, float)},
 }
 """Kind-specific options a fault accepts (see :mod:`simulator.faults` for their meaning)."""
+
+FEDERATION_FAULTS: tuple[str, ...] = ("federation_covariate_shift",)
+"""Faults that hit every client at once: they name no clients (the ground truth lists them all)."""
+
+COLLUDING_FAULTS: tuple[str, ...] = ("alie", "ipm")
+"""Faults whose clients craft one shared update from the round's honest updates."""
 
 _FRACTION_SEVERITY = (
     "label_drift",
@@ -70,7 +86,6 @@ _FRACTION_SEVERITY = (
 )
 
 
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,12 +93,13 @@ class _Strict(BaseModel):
 class FaultSpec(_Strict):
     """One fault on chosen clients from ``onset_round`` (inclusive) to ``end_round`` (inclusive, or the end).
 
-    ``clients`` are indices (``3``) or ids (``"c003"``). Options not named here are
-    kind-specific and collected into ``options``.
+    ``clients`` are indices (``3``) or ids (``"c003"``); a federation-wide fault
+    (:data:`FEDERATION_FAULTS`) names none and hits every client. Options not named
+    here are kind-specific and collected into ``options``.
     """
 
     kind: FaultKind
-    clients: list[int | str] = Field(min_length=1)
+    clients: list[int | str] = Field(default_factory=list)
     onset_round: int = Field(default=1, ge=1)
     severity: float = Field(default=1.0, ge=0)
     end_round: int | None = Field(default=None, ge=1)
@@ -105,6 +121,10 @@ class FaultSpec(_Strict):
     @model_validator(mode="after")
     def _check(self) -> FaultSpec:
         allowed = FAULT_OPTIONS[self.kind]
+        if self.kind in FEDERATION_FAULTS and self.clients:
+            raise ValueError(f"fault {self.kind}: hits every client at once; do not list clients")
+        if self.kind not in FEDERATION_FAULTS and not self.clients:
+            raise ValueError(f"fault {self.kind}: name at least one client")
         for key, value in self.options.items():
             if key not in allowed:
                 hint = ", ".join(sorted(allowed)) or "none"
@@ -135,7 +155,9 @@ class FaultSpec(_Strict):
 class DPSettings(_Strict):
     """DP-FedAvg: clip norm C, noise multiplier sigma; the sample rate is ``sample_fraction``."""
 
-    noise_multiplier: float = Field(gt=0, description="sigma > 0: without noise there is no DP guarantee (epsilon is infinite).")
+    noise_multiplier: float = Field(
+        gt=0, description="sigma > 0: without noise there is no DP guarantee (epsilon is infinite)."
+    )
     clip_norm: float = Field(gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     target_epsilon: float | None = Field(default=None, gt=0)
@@ -185,6 +207,12 @@ class Scenario(_Strict):
         default=0.01, ge=0, description="FedProx proximal weight (ignored by fedavg)."
     )
     sample_fraction: float = Field(default=1.0, gt=0, le=1)
+    missing_reports: Literal["omit", "timeout"] = Field(
+        default="omit",
+        description="How the server reports a sampled client that did not answer: 'omit' "
+        "(only who answered is reported) or 'timeout' (a report with status timeout, as a "
+        "Flower server sees a failed reply).",
+    )
     local_epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=0.3, gt=0)
@@ -216,7 +244,9 @@ class Scenario(_Strict):
         for i, fault in enumerate(self.faults):
             indices = [self.client_index(c) for c in fault.clients if _is_client_ref(c)]
             if len(set(indices)) != len(indices):
-                raise ValueError(f"faults[{i}] ({fault.kind}): lists a client twice (it would apply twice)")
+                raise ValueError(
+                    f"faults[{i}] ({fault.kind}): lists a client twice (it would apply twice)"
+                )
             for c in fault.clients:
                 try:
                     k = self.client_index(c)

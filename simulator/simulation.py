@@ -3,9 +3,11 @@
 One round r (rounds are numbered from 1)::
 
     sample clients (fixed-size without replacement; Poisson(q) under DP)
-    drop the ones a dropout fault silences; stale clients re-send their last message
+    drop the ones a dropout fault silences (reported as ``timeout`` when
+        ``missing_reports: timeout``, else not at all); stale clients re-send their last message
     apply data faults -> train every remaining client locally (batched or sequential)
-    d_k = w_k - w_global;  update faults act on d_k
+    d_k = w_k - w_global;  update faults act on d_k; colluding faults (ALIE, IPM)
+        replace their clients' d_k by one vector crafted from the honest d_k
     statistics from the actual training: losses, accuracies, ||d_k||, sketch R^T d_k,
         label/feature histograms of the data trained on, global model on local held-out
     aggregate the finite updates: FedAvg  D = sum n_k d_k / sum n_k
@@ -257,6 +259,7 @@ class Simulation:
                 "mu": s.effective_mu,
                 "rounds": s.rounds,
                 "sample_fraction": s.sample_fraction,
+                "missing_reports": s.missing_reports,
                 "local_epochs": s.local_epochs,
                 "batch_size": s.batch_size,
                 "lr": s.lr,
@@ -303,9 +306,11 @@ class Simulation:
         sampled = self.sample(r)
         trainers: list[int] = []
         stale: list[int] = []
+        silent: list[int] = []
         for k in sampled:
             active = self.plan.active(k, r)
             if F.drops_out(active, round=r, client=k, seed=seed):
+                silent.append(k)
                 continue
             if k in self.last_message and F.resends_stale(active, round=r, client=k, seed=seed):
                 stale.append(k)
@@ -355,6 +360,9 @@ class Simulation:
                     deltas[i], nonfinite[i] = F.apply_update_faults(
                         deltas[i], active, round=r, client=k, seed=seed
                     )
+            groups = F.colluding_groups(self.plan, trainers, r)
+            if groups:
+                deltas = F.apply_colluding_faults(deltas, nonfinite, groups)
             norms = deltas.norm(dim=1)
             sketches = sketch(deltas, self.R)
             clipped = None
@@ -493,6 +501,9 @@ class Simulation:
         }
         if self.ledger is not None:
             close["epsilon"] = self.ledger.step()
+        if s.missing_reports == "timeout":  # the server saw no reply from a client it sampled
+            for k in silent:
+                reports[k] = {"client_id": s.client_id(k), "status": "timeout"}
         ordered = [reports[k] for k in sorted(reports)]
         return RoundOutput(r, ordered, close, sampled, train_seconds)
 

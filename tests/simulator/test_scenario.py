@@ -72,7 +72,7 @@ def test_defaults_and_ids() -> None:
     assert s.client_id(7) == "c0007" and s.client_index("c0007") == 7
     assert Scenario().client_id(3) == "c003"
     assert Scenario(algorithm="fedavg", mu=0.5).effective_mu == 0.0
-    assert len(FAULT_KINDS) == 11
+    assert len(FAULT_KINDS) == 16
     assert demo_scenario().faults
 
 
@@ -88,7 +88,7 @@ def test_defaults_and_ids() -> None:
         ),
         ({"faults": [{"kind": "straggler", "clients": [1], "scale": 3}]}, "unknown option 'scale'"),
         ({"faults": [{"kind": "noisy_labels", "clients": [1], "severity": 2}]}, "must be <= 1"),
-        ({"faults": [{"kind": "label_flip", "clients": []}]}, "at least 1"),
+        ({"faults": [{"kind": "label_flip", "clients": []}]}, "at least one client"),
         ({"partition": "natural"}, "no natural split"),
         ({"num_clients": 0}, "greater than or equal to 1"),
         ({"rounds": 5, "lr": -1}, "greater than 0"),
@@ -122,7 +122,11 @@ def test_a_fault_listing_a_client_twice_is_refused() -> None:
     from simulator.scenario import FaultSpec, Scenario
 
     with pytest.raises(ValidationError, match="lists a client twice"):
-        Scenario(num_clients=5, rounds=3, faults=[FaultSpec(kind="exploding_update", clients=[3, "c003"], onset_round=1)])
+        Scenario(
+            num_clients=5,
+            rounds=3,
+            faults=[FaultSpec(kind="exploding_update", clients=[3, "c003"], onset_round=1)],
+        )
 
 
 def test_dp_needs_a_positive_noise_multiplier() -> None:

@@ -24,6 +24,40 @@ def test_parse_fault_flags() -> None:
         "scale": 50,
     }
     assert parse_fault("covariate_shift:clients=1:features=2,3")["features"] == [2, 3]
+    # a federation-wide fault names no clients; the attacks are kinds like any other
+    assert parse_fault("federation_covariate_shift:onset=5") == {
+        "kind": "federation_covariate_shift",
+        "onset_round": 5,
+    }
+    assert parse_fault("alie:clients=1,2:severity=0.6")["kind"] == "alie"
+
+
+def test_attacks_and_partial_participation_from_flags(tmp_path) -> None:
+    out = tmp_path / "p.jsonl"
+    result = CliRunner().invoke(
+        simulate,
+        [
+            *FAST,
+            "--out",
+            str(out),
+            "--clients",
+            "8",
+            "--sample-fraction",
+            "0.5",
+            "--missing-reports",
+            "timeout",
+            "--fault",
+            "ipm:clients=1,2:onset=2:severity=0.5",
+            "--fault",
+            "federation_covariate_shift:onset=3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    closes = [rec for _, rec in read_records(out) if rec["op"] == "close_round"]
+    assert [c["body"]["num_sampled"] for c in closes] == [4, 4, 4]
+    truth = json.loads((tmp_path / "p.truth.json").read_text())["faults"]
+    assert {t["fault"] for t in truth} == {"ipm", "federation_covariate_shift"}
+    assert sum(t["scope"] == "federation" for t in truth) == 8
 
 
 def test_writes_jsonl_and_truth(tmp_path) -> None:
