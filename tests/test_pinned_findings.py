@@ -53,7 +53,7 @@ RESOLVE_AFTER = 3
 
 
 def _scenario(name: str) -> Any:
-    from monitor.evaluate_cli import Case, make_scenario
+    from monitor.evaluation.grid import Case, make_scenario
     from simulator.scenario import DPSettings, HistogramNoiseSettings
 
     fault = name if name in FAULTS else None

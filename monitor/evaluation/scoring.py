@@ -2,7 +2,7 @@
 
 Pure: ground truth (what the simulator injected, :meth:`simulator.faults.FaultPlan.ground_truth`)
 and findings (as the query API returns them) in, metrics out. No I/O; the
-``fedsentinel evaluate`` command (:mod:`monitor.evaluate_cli`) runs the
+``fedsentinel evaluate`` command (:mod:`monitor.evaluate_cli`, :mod:`monitor.evaluation.runner`) runs the
 scenarios through the real service and calls these functions.
 
 Definitions (docs/evaluation.md says why):
@@ -43,6 +43,7 @@ __all__ = [
     "KindSummary",
     "score_run",
     "summarize",
+    "summaries",
 ]
 
 FITTING_KINDS: dict[str, frozenset[str]] = {
@@ -297,3 +298,11 @@ def summarize(results: Sequence[RunResult], label: str) -> KindSummary:
         detected_by_kind=dict(sorted(Counter(p.kind for p in pairs if p.kind).items())),
         recall_by_alpha={k: _ratio(sum(v), len(v)) for k, v in by_alpha.items() if v},
     )
+
+
+def summaries(runs: Sequence[RunResult], kinds: Sequence[str]) -> dict[str, KindSummary]:
+    """One summary per fault kind, one for the healthy runs and one over all runs (false alarms)."""
+    out = {k: summarize([r for r in runs if r.faults == [k]], k) for k in kinds}
+    out["healthy"] = summarize([r for r in runs if r.healthy], "healthy")
+    out["all runs"] = summarize(runs, "all runs")
+    return out
