@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from monitor import __version__
-from monitor.api import alerts, queries, reports, runs
+from monitor.api import alerts, pages, queries, reports, runs
 from monitor.api.deps import MetricsAccess
 from monitor.api.limits import BodySizeLimit
 from monitor.api.reports import RunConfigCache
@@ -136,8 +136,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, telemetry=app.state.telemetry)
     _error_handlers(app)
-    for router in (runs.router, reports.router, queries.router, alerts.router):
+    for router in (runs.router, reports.router, queries.router, alerts.router, pages.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(pages.index_router)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, str]:

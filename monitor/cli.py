@@ -39,6 +39,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "evaluate": "monitor.evaluate_cli:evaluate",
     "dashboards": "monitor.dashboards.cli:dashboards",
     "grafana": "monitor.dashboards.cli:grafana",
+    "report": "monitor.report.cli:report",
 }
 
 

@@ -14,6 +14,15 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager
     echo "note: promtool/prometheus-alertmanager missing and not root: their tests will be skipped"
   fi
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (Debian package; the report's browser tests drive it with Playwright)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium missing and not root: the report's browser tests will be skipped"
+  fi
+fi
 command -v docker-compose >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } || echo "note: docker-compose missing: the compose-file test will be skipped"
 
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,10 @@ def _decode(row: RoundScoresRow) -> RoundScores:
 def latest_round_scores(session: Session, run_id: str) -> RoundScores | None:
     """Scores of the most recently analysed round of a run."""
     row = session.execute(
-        select(RoundScoresRow).where(RoundScoresRow.run_id == run_id).order_by(RoundScoresRow.round.desc()).limit(1)
+        select(RoundScoresRow)
+        .where(RoundScoresRow.run_id == run_id)
+        .order_by(RoundScoresRow.round.desc())
+        .limit(1)
     ).scalar_one_or_none()
     return None if row is None else _decode(row)
 
@@ -66,3 +70,20 @@ def latest_round_scores(session: Session, run_id: str) -> RoundScores | None:
 def round_scores(session: Session, run_id: str, round_number: int) -> RoundScores | None:
     row = session.get(RoundScoresRow, (run_id, round_number))
     return None if row is None else _decode(row)
+
+
+def iter_round_scores(session: Session, run_id: str) -> Iterator[RoundScores]:
+    """Every analysed round's scores of a run, oldest first.
+
+    Core rows (no ORM identity map) streamed in chunks, so a 200-round run of
+    1,000 clients is never all in memory at once.
+    """
+    table = RoundScoresRow.__table__
+    rows = session.execute(
+        select(table)
+        .where(table.c.run_id == run_id)
+        .order_by(table.c.round)
+        .execution_options(yield_per=20)
+    )
+    for row in rows:
+        yield _decode(row)  # type: ignore[arg-type]  (a Row has the same attributes)

@@ -1,0 +1,375 @@
+"""A run report's data, assembled from the store: plain JSON-able dicts, no HTML.
+
+Everything here reads what the service already keeps (runs, rounds, client
+reports, per-round scores, findings) through the store's queries; nothing is
+recomputed but per-round summaries of stored values (participation counts,
+the fairness band). ``monitor/report/render.py`` turns the result into HTML.
+Non-finite numbers become ``None`` (JSON has no NaN; the charts show a gap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from monitor import __version__
+from monitor.detectors import Thresholds
+from monitor.schemas import ClientRoundOut, FindingOut, RunCreate
+from monitor.signals import fairness
+from monitor.store import queries
+from monitor.store.scores import RoundScores, iter_round_scores
+from monitor.store.tables import ClientReportRow
+
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+_ALL = 1_000_000_000  # "every row" for the paged store queries
+
+
+@dataclass(frozen=True)
+class ReportLimits:
+    """Caps that keep a 1,000-client x 200-round report a few MB (README: measured size)."""
+
+    map_clients: int = 100
+    client_sections: int = 20
+
+
+def num(value: float | None, digits: int = 4) -> float | None:
+    """A finite float rounded for the page, or None."""
+    if value is None:
+        return None
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def build_report_data(
+    session: Session, run_id: str, limits: ReportLimits | None = None
+) -> dict[str, Any]:
+    """All sections of the report of ``run_id`` (raises ``NotFound`` for an unknown run)."""
+    limits = limits or ReportLimits()
+    detail = queries.run_detail(session, run_id)
+    config = detail.config
+    rounds, _ = queries.list_rounds(session, run_id, 0, _ALL)
+    findings, _ = queries.list_findings(session, run_id, limit=_ALL)
+    flagged = _flagged_clients(findings)
+    scan = _scan_scores(session, run_id, set(flagged))
+    sections = _client_order(flagged, findings, scan.anomaly_max)[: limits.client_sections]
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "version": __version__,
+        "run": {
+            "run_id": detail.run_id,
+            "name": config.name,
+            "created_at": detail.created_at.isoformat(timespec="seconds"),
+            "expected_clients": config.expected_clients,
+            "planned_rounds": config.planned_rounds,
+            "num_classes": config.task.num_classes,
+            "features": len(config.task.feature_names),
+            "dp": None if config.dp is None else config.dp.model_dump(),
+            "centralized_accuracy": config.centralized_accuracy,
+        },
+        "health": detail.health.model_dump(mode="json"),
+        "findings": [_finding(f) for f in _most_severe_first(findings)],
+        "global": _global(rounds, config),
+        "participation": _participation(session, run_id, rounds, config),
+        "fairness": _fairness_band(session, run_id),
+        "drift_map": _drift_map(scan, limits.map_clients),
+        "divergence": _divergence(scan.latest, findings),
+        "privacy": _privacy(rounds, scan, config),
+        "clients": [_client_section(session, run_id, c, findings, scan, config) for c in sections],
+        "clients_flagged": len(flagged),
+    }
+
+
+def _most_severe_first(findings: list[FindingOut]) -> list[FindingOut]:
+    """Open before resolved, then critical > warning > info, then the earliest."""
+    return sorted(
+        findings,
+        key=lambda f: (f.status != "open", SEVERITY_RANK.get(f.severity, 9), f.first_round, f.id),
+    )
+
+
+def _finding(f: FindingOut) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "kind": f.kind,
+        "severity": f.severity,
+        "status": f.status,
+        "client_id": f.client_id,
+        "first_round": f.first_round,
+        "last_round": f.last_round,
+        "score": num(f.score),
+        "threshold": num(f.threshold),
+        "message": f.message,
+    }
+
+
+def _flagged_clients(findings: list[FindingOut]) -> list[str]:
+    return sorted({f.client_id for f in findings if f.client_id is not None})
+
+
+def _client_order(
+    flagged: list[str], findings: list[FindingOut], anomaly: dict[str, float]
+) -> list[str]:
+    """Clients with an open critical finding first, then by their highest anomaly score."""
+    worst: dict[str, int] = {}
+    for f in findings:
+        if f.client_id is not None:
+            rank = SEVERITY_RANK.get(f.severity, 9) + (0 if f.status == "open" else 3)
+            worst[f.client_id] = min(worst.get(f.client_id, 99), rank)
+    return sorted(flagged, key=lambda c: (worst.get(c, 99), -anomaly.get(c, 0.0), c))
+
+
+# -- scores -----------------------------------------------------------------------
+
+
+@dataclass
+class ScoreScan:
+    """What one pass over a run's per-round scores keeps."""
+
+    rounds: list[int]
+    drift: dict[str, dict[int, float]]
+    anomaly_max: dict[str, float]
+    series: dict[str, dict[str, list[tuple[int, float]]]]
+    round_series: dict[str, list[tuple[int, float]]]
+    latest: RoundScores | None
+
+
+CLIENT_SERIES = ("label_drift_ratio", "feature_drift_ratio", "label_drift_js_reference",
+                 "feature_drift_psi_max", "anomaly_score")  # fmt: skip
+ROUND_SERIES = ("epsilon_spent",)
+
+
+def _drift_ratio(scores: RoundScores) -> np.ndarray:
+    """The larger of label and feature drift over their thresholds (>= 1 is drift), like Grafana's map."""
+    n = len(scores.client_ids)
+    label = np.asarray(scores.client_scores.get("label_drift_ratio", np.full(n, np.nan)))
+    feature = np.asarray(scores.client_scores.get("feature_drift_ratio", np.full(n, np.nan)))
+    return np.fmax(label, feature)
+
+
+def _scan_scores(session: Session, run_id: str, flagged: set[str]) -> ScoreScan:
+    scan = ScoreScan(
+        [], defaultdict(dict), {}, defaultdict(lambda: defaultdict(list)), defaultdict(list), None
+    )
+    for scores in iter_round_scores(session, run_id):
+        rnd = scores.round
+        scan.rounds.append(rnd)
+        scan.latest = scores
+        ratio = _drift_ratio(scores)
+        anomaly = np.asarray(scores.client_scores.get("anomaly_score", np.zeros(len(ratio))))
+        for i, client in enumerate(scores.client_ids):
+            if math.isfinite(ratio[i]):
+                scan.drift[client][rnd] = float(ratio[i])
+            a = float(anomaly[i]) if not math.isnan(anomaly[i]) else 0.0
+            scan.anomaly_max[client] = max(scan.anomaly_max.get(client, 0.0), a)
+            if client in flagged:
+                for name in CLIENT_SERIES:
+                    if name in scores.client_scores:
+                        scan.series[client][name].append(
+                            (rnd, float(scores.client_scores[name][i]))
+                        )
+        for name in ROUND_SERIES:
+            if name in scores.round_scores:
+                scan.round_series[name].append((rnd, float(scores.round_scores[name])))
+    return scan
+
+
+def _drift_map(scan: ScoreScan, cap: int) -> dict[str, Any]:
+    """Clients x rounds of the drift ratio, the highest anomaly score first, at most ``cap`` rows."""
+    clients = sorted(scan.anomaly_max, key=lambda c: (-scan.anomaly_max[c], c))
+    shown = clients[:cap]
+    return {
+        "rounds": scan.rounds,
+        "clients": shown,
+        "z": [[num(scan.drift[c].get(r), 3) for r in scan.rounds] for c in shown],
+        "anomaly_max": [
+            num(scan.anomaly_max[c], 3) if math.isfinite(scan.anomaly_max[c]) else "non-finite"
+            for c in shown
+        ],
+        "clients_total": len(clients),
+        "clients_left_out": max(0, len(clients) - len(shown)),
+    }
+
+
+def _divergence(latest: RoundScores | None, findings: list[FindingOut]) -> dict[str, Any] | None:
+    """Cosine to the aggregate against the norm ratio to the round median, in the latest analysed round."""
+    if latest is None:
+        return None
+    n = len(latest.client_ids)
+    cosine = latest.client_scores.get("update_cosine", np.full(n, np.nan))
+    ratio = latest.client_scores.get("update_norm_ratio", np.full(n, np.nan))
+    open_at: dict[str, list[str]] = defaultdict(list)
+    for f in findings:
+        if f.client_id is not None and f.first_round <= latest.round <= f.last_round:
+            open_at[f.client_id].append(f.kind)
+    points = []
+    missing = []
+    for i, client in enumerate(latest.client_ids):
+        c, r = num(cosine[i]), num(ratio[i])
+        if c is None or r is None:
+            missing.append(client)
+            continue
+        points.append(
+            {"client": client, "cosine": c, "norm_ratio": r, "findings": open_at.get(client, [])}
+        )
+    return {"round": latest.round, "points": points, "no_finite_update": missing}
+
+
+# -- rounds -----------------------------------------------------------------------
+
+
+def _global(rounds: list, config: RunCreate) -> dict[str, Any]:
+    closed = [r for r in rounds if r.status == "closed"]
+    return {
+        "rounds": [r.round for r in closed],
+        "accuracy": [num(r.global_eval_accuracy) for r in closed],
+        "loss": [num(r.global_eval_loss) for r in closed],
+        "centralized_accuracy": config.centralized_accuracy,
+    }
+
+
+def _participation(
+    session: Session, run_id: str, rounds: list, config: RunCreate
+) -> dict[str, Any]:
+    """Reports by status per round, and how many were expected (sampled, else the run's expected)."""
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = session.execute(
+        select(ClientReportRow.round, ClientReportRow.status, func.count())
+        .where(ClientReportRow.run_id == run_id)
+        .group_by(ClientReportRow.round, ClientReportRow.status)
+    ).all()
+    for rnd, status, n in rows:
+        counts[rnd][status] = n
+    numbers = [r.round for r in rounds]
+    expected = [r.num_sampled or config.expected_clients for r in rounds]
+    out: dict[str, Any] = {"rounds": numbers, "expected": expected}
+    for status in ("ok", "failed", "dropped", "timeout"):
+        out[status] = [counts[r].get(status, 0) for r in numbers]
+    out["missing"] = [
+        max(0, e - sum(counts[r].values())) for r, e in zip(numbers, expected, strict=True)
+    ]
+    return out
+
+
+def _fairness_band(session: Session, run_id: str) -> dict[str, Any]:
+    """Mean, mean of the worst decile and the worst client of evaluation accuracy, per round."""
+    by_round: dict[int, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
+    rows = session.execute(
+        select(ClientReportRow.round, ClientReportRow.client_id, ClientReportRow.eval_accuracy)
+        .where(
+            ClientReportRow.run_id == run_id,
+            ClientReportRow.status == "ok",
+            ClientReportRow.eval_accuracy.is_not(None),
+        )
+        .order_by(ClientReportRow.round)
+    ).all()
+    for rnd, client, accuracy in rows:
+        by_round[rnd][0].append(client)
+        by_round[rnd][1].append(accuracy)
+    out: dict[str, list[Any]] = {
+        "rounds": [],
+        "mean": [],
+        "worst10": [],
+        "worst": [],
+        "worst_client": [],
+    }
+    for rnd in sorted(by_round):
+        ids, values = by_round[rnd]
+        acc = np.asarray(values, dtype=np.float64)
+        low = int(np.argmin(acc))
+        out["rounds"].append(rnd)
+        out["mean"].append(num(acc.mean()))
+        out["worst10"].append(num(fairness.worst_fraction_mean(acc, 0.1)))
+        out["worst"].append(num(acc[low]))
+        out["worst_client"].append(ids[low])
+    return out
+
+
+def _privacy(rounds: list, scan: ScoreScan, config: RunCreate) -> dict[str, Any] | None:
+    """Epsilon spent by round (the engine's accountant, else what the run reported) against the budget."""
+    if config.dp is None:
+        return None
+    spent = {r: num(v) for r, v in scan.round_series.get("epsilon_spent", [])}
+    for r in rounds:
+        if spent.get(r.round) is None and r.epsilon is not None:
+            spent[r.round] = num(r.epsilon)
+    numbers = sorted(spent)
+    return {
+        "rounds": numbers,
+        "epsilon": [spent[r] for r in numbers],
+        "target_epsilon": config.dp.target_epsilon,
+        "delta": config.dp.delta,
+    }
+
+
+# -- one client -------------------------------------------------------------------
+
+
+def _label_mix(
+    history: list[ClientRoundOut], config: RunCreate, reference_rounds: int
+) -> dict[str, Any] | None:
+    """The client's label shares in its first ``reference_rounds`` rounds against its latest round."""
+    with_labels = [h for h in history if h.status == "ok" and h.label_histogram is not None]
+    if not with_labels:
+        return None
+    ref = np.sum([h.label_histogram for h in with_labels[:reference_rounds]], axis=0)
+    last = with_labels[-1]
+    cur = np.asarray(last.label_histogram, dtype=np.float64)
+    names = config.task.class_names or [str(k) for k in range(config.task.num_classes)]
+
+    def shares(counts: np.ndarray) -> list[float | None]:
+        total = float(np.sum(counts))
+        return [num(c / total) if total > 0 else None for c in counts]
+
+    return {
+        "classes": names,
+        "reference": shares(ref),
+        "reference_rounds": [h.round for h in with_labels[:reference_rounds]],
+        "current": shares(cur),
+        "current_round": last.round,
+    }
+
+
+def _client_section(
+    session: Session,
+    run_id: str,
+    client: str,
+    findings: list[FindingOut],
+    scan: ScoreScan,
+    config: RunCreate,
+) -> dict[str, Any]:
+    history, _ = queries.client_history(session, run_id, client, None, None, 0, _ALL)
+    thresholds = Thresholds().with_overrides(config.thresholds)
+    mine = [_finding(f) for f in _most_severe_first([f for f in findings if f.client_id == client])]
+    series = scan.series.get(client, {})
+    top_features = next(
+        (
+            f.details.get("top_features")
+            for f in findings
+            if f.client_id == client and f.kind == "feature_drift"
+        ),
+        None,
+    )
+    return {
+        "client_id": client,
+        "findings": mine,
+        "label_mix": _label_mix(history, config, thresholds.reference_rounds),
+        "drift": {
+            name: {"rounds": [r for r, _ in points], "values": [num(v) for _, v in points]}
+            for name, points in series.items()
+        },
+        "top_features": top_features,
+        "loss": {
+            "rounds": [h.round for h in history],
+            "eval_loss": [num(h.eval_loss) for h in history],
+            "train_loss": [num(h.train_loss) for h in history],
+            "eval_accuracy": [num(h.eval_accuracy) for h in history],
+            "status": [h.status for h in history],
+        },
+    }
