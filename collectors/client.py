@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from collectors.privacy import TelemetryBudget, TelemetryNoiser
 from collectors.sink import make_record
 from collectors.spool import Rejected, Spool
 
@@ -63,7 +64,12 @@ class MonitorClient:
         timeout_seconds: float = 30.0,
         probe_interval_seconds: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        telemetry_budget: TelemetryBudget | dict[str, Any] | None = None,
+        telemetry_seed: int | None = None,
     ) -> None:
+        """``telemetry_budget``: noise every report's histograms under this budget before
+        sending (:mod:`collectors.privacy`; per client id, releases counted per run).
+        ``telemetry_seed`` fixes the noise for tests only."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -79,6 +85,11 @@ class MonitorClient:
         self.probe_interval_seconds = probe_interval_seconds
         self._unreachable_at: float | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsentinel-encode")
+        self.noiser = (
+            TelemetryNoiser(telemetry_budget, seed=telemetry_seed)
+            if telemetry_budget is not None
+            else None
+        )
 
     # -- the three calls -------------------------------------------------
 
@@ -89,8 +100,12 @@ class MonitorClient:
         """Send a round's client reports, in batches of ``batch_size``, in order.
 
         The next batch is JSON-encoded in a helper thread while the current one
-        is in flight, so encoding and the service's work overlap.
+        is in flight, so encoding and the service's work overlap. With a
+        telemetry budget, histograms are noised (or dropped outside release
+        rounds) first.
         """
+        if self.noiser is not None:
+            reports = self.noiser.noise(run_id, round, reports)
         records = [
             make_record("report", run_id, {"reports": reports[start : start + self.batch_size]}, round)
             for start in range(0, len(reports), self.batch_size)

@@ -14,6 +14,7 @@ sent and returned as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, TypeVar
@@ -69,10 +70,49 @@ class NoiseMechanism(StrEnum):
 
 
 class HistogramNoise(WireModel):
-    """Local-DP noise the client added to its histograms (per bin, independent)."""
+    """Local-DP noise the client added to its histograms (per bin, independent).
+
+    ``mechanism`` and ``scale`` are what the service's drift thresholds and its
+    telemetry accounting need (monitor/signals/telemetry_privacy.py); the rest
+    says how the client calibrated the noise (docs/privacy.md). The service
+    derives the sensitivity from the report itself (``sqrt(2H)`` for ``H``
+    histograms), so a declared ``l2_sensitivity`` is informative only.
+    """
 
     mechanism: NoiseMechanism
     scale: NonNegFloat = Field(description="Laplace b or Gaussian sigma, in counts")
+    l2_sensitivity: NonNegFloat | None = Field(
+        default=None, description="The L2 sensitivity the client calibrated with (sqrt(2H))."
+    )
+    epsilon: Annotated[float, Field(allow_inf_nan=False, gt=0)] | None = Field(
+        default=None, description="The client's total telemetry budget for the run."
+    )
+    delta: Annotated[float, Field(allow_inf_nan=False, gt=0, lt=1)] | None = None
+    releases_planned: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Histogram releases the budget is spread over (ceil(planned rounds / k)).",
+    )
+    release: int | None = Field(
+        default=None, ge=1, le=1_000_000_000, description="This report's release, 1-based."
+    )
+
+
+class TelemetryBudget(WireModel):
+    """A total privacy budget for a client's histograms over a run (docs/privacy.md).
+
+    Clients (the SDK's and the Flower mod's ``telemetry_budget``) turn it into
+    Gaussian noise; a run that declares it lets the service alert when a
+    client's telemetry spends more. ``planned_rounds`` is needed by clients
+    (the budget is spread over ``ceil(planned_rounds / every_k_rounds)``
+    releases); on a run it may be left out.
+    """
+
+    epsilon: Annotated[float, Field(allow_inf_nan=False, gt=0)]
+    delta: Annotated[float, Field(allow_inf_nan=False, gt=0, lt=1)] = 1e-5
+    planned_rounds: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    every_k_rounds: int = Field(default=1, ge=1, le=1_000_000)
 
 
 class TaskSpec(WireModel):
@@ -117,6 +157,17 @@ class RunCreate(WireModel):
         description="Rounds the run is meant to last; lets alerts tell a stalled run from a finished one.",
     )
     dp: DPConfig | None = None
+    telemetry_budget: TelemetryBudget | None = Field(
+        default=None,
+        description="The budget every client's histograms must stay within (alerts when one spends more).",
+    )
+    secure_aggregation: bool = Field(
+        default=False,
+        description=(
+            "The server sees updates only in aggregate: clients report update_norm, "
+            "update_cosine_previous_global and update_repeated instead of an update_sketch."
+        ),
+    )
     centralized_accuracy: Ratio | None = None
     thresholds: dict[str, FiniteFloat] = Field(
         default_factory=dict, description="Per-run overrides of signal thresholds."
@@ -165,6 +216,14 @@ class ClientReport(WireModel):
     wall_time_seconds: NonNegFloat | None = None
     update_norm: AnyFloat | None = None
     update_sketch: list[AnyFloat] | None = None
+    update_cosine_previous_global: AnyFloat | None = Field(
+        default=None,
+        description="Client-side (secure aggregation): cosine of the update to the previous global update.",
+    )
+    update_repeated: bool | None = Field(
+        default=None,
+        description="Client-side (secure aggregation): the update repeats the client's previous one.",
+    )
     label_histogram: list[FiniteFloat] | None = None
     feature_histograms: list[list[FiniteFloat]] | None = None
     histogram_noise: HistogramNoise | None = None
@@ -174,6 +233,9 @@ class ClientReport(WireModel):
     def _signs(self) -> ClientReport:
         if self.update_norm is not None and self.update_norm < 0:
             raise ValueError("update_norm must be >= 0 (NaN/Infinity allowed as fault evidence)")
+        cos = self.update_cosine_previous_global
+        if cos is not None and math.isfinite(cos) and not -1.0 - 1e-9 <= cos <= 1.0 + 1e-9:
+            raise ValueError("update_cosine_previous_global must be in [-1, 1] (NaN allowed)")
         if self.histogram_noise is None:
             if self.label_histogram and min(self.label_histogram) < 0:
                 raise ValueError("label_histogram has negative counts and no histogram_noise is declared")

@@ -168,6 +168,18 @@ class HistogramNoiseSettings(_Strict):
     scale: float = Field(gt=0)
 
 
+class TelemetryBudgetSettings(_Strict):
+    """Each client's total telemetry budget for the run (collectors/privacy.py, docs/privacy.md).
+
+    Spread over ``ceil(rounds / every_k_rounds)`` histogram releases as
+    calibrated Gaussian noise; replaces ``histogram_noise``.
+    """
+
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    every_k_rounds: int = Field(default=1, ge=1)
+
+
 class WallTimeModel(_Strict):
     """Modelled client wall time (a batched simulation has no per-client clock).
 
@@ -222,6 +234,17 @@ class Scenario(_Strict):
     bins: int = Field(default=10, ge=1, le=1000)
     dp: DPSettings | None = None
     histogram_noise: HistogramNoiseSettings | None = None
+    telemetry_budget: TelemetryBudgetSettings | None = None
+    histograms: Literal["all", "labels", "none"] = Field(
+        default="all", description="Which histograms clients send: label and feature, label only, none."
+    )
+    secure_aggregation: bool = Field(
+        default=False,
+        description=(
+            "Clients report update norm, cosine to the previous global update and a repeat flag "
+            "(computed client-side) instead of an update sketch."
+        ),
+    )
     local_baselines: bool = False
     centralized_baseline: bool = True
     wall_time: WallTimeModel = Field(default_factory=WallTimeModel)
@@ -237,6 +260,8 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
+        if self.telemetry_budget is not None and self.histogram_noise is not None:
+            raise ValueError("set telemetry_budget or histogram_noise, not both")
         if self.partition == "natural" and self.dataset != "synthetic":
             raise ValueError(
                 f"dataset {self.dataset} has no natural split; use iid, dirichlet, quantity or feature"

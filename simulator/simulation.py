@@ -49,6 +49,7 @@ from simulator.stats import (
     sketch,
     sketch_matrix,
 )
+from simulator.telemetry import TelemetryReleases
 from simulator.train import evaluate_groups, make_schedule, train
 
 # purposes of the seeded random streams
@@ -196,6 +197,13 @@ class Simulation:
         )
         self.local_accuracy: np.ndarray | None = None
         self.centralized = None
+        self.telemetry = (
+            TelemetryReleases(scenario, self.fed.num_clients, len(self.fed.edges))
+            if scenario.telemetry_budget
+            else None
+        )
+        # secure aggregation: what each client remembers (the last global model it received)
+        self.last_global_seen: dict[int, torch.Tensor] = {}
 
     # -- baselines ---------------------------------------------------------
 
@@ -267,6 +275,16 @@ class Simulation:
                 "faults": len(s.faults),
             },
         }
+        if s.telemetry_budget:
+            tb = s.telemetry_budget
+            spec["telemetry_budget"] = {
+                "epsilon": tb.epsilon,
+                "delta": tb.delta,
+                "planned_rounds": s.rounds,
+                "every_k_rounds": tb.every_k_rounds,
+            }
+        if s.secure_aggregation:
+            spec["secure_aggregation"] = True
         if s.dp:
             spec["dp"] = {
                 "noise_multiplier": s.dp.noise_multiplier,
@@ -385,7 +403,12 @@ class Simulation:
             y_cat = np.concatenate(ys_tr)
             lab = label_histograms(y_cat, client_of, K, fed.dataset.num_classes)
             feat = feature_histograms(X.numpy(), client_of, K, fed.edges)
-            if s.histogram_noise:
+            released = np.ones(K, dtype=bool)
+            if self.telemetry is not None:
+                released = self.telemetry.release(trainers, r)
+                rng = np.random.default_rng([seed, _HNOISE, r])
+                lab, feat = self.telemetry.noise(lab, feat, trainers, rng, fed.num_clients)
+            elif s.histogram_noise:
                 hn = s.histogram_noise
                 rng = np.random.default_rng([seed, _HNOISE, r])
                 # noise drawn for every client so a client's noise is independent of who trains
@@ -408,8 +431,15 @@ class Simulation:
             norms_l, sketches_l = norms.tolist(), sketches.tolist()
             tl_l, ta_l = train_loss.tolist(), train_acc.tolist()
             el_l, eh_l, ec_l = ev_loss.tolist(), ev_hits.tolist(), ev_count.tolist()
-            if not s.histogram_noise:  # counts: small Python ints are cached, floats are not
+            noised = bool(s.histogram_noise or s.telemetry_budget)
+            if not noised:  # counts: small Python ints are cached, floats are not
                 lab, feat = lab.astype(np.int64), feat.astype(np.int64)
+            global_now = flatten(self.global_params)
+            scalars = (
+                self._client_scalars(trainers, deltas, global_now)
+                if s.secure_aggregation
+                else None
+            )
             lab_l, feat_l = lab.tolist(), feat.tolist()
             for i, k in enumerate(trainers):
                 factor = F.wall_time_factor(self.plan.active(k, r, ("straggler",)))
@@ -438,6 +468,15 @@ class Simulation:
                         "mechanism": s.histogram_noise.mechanism,
                         "scale": s.histogram_noise.scale,
                     }
+                if self.telemetry is not None and released[i]:
+                    rep["histogram_noise"] = self.telemetry.declaration(k)
+                if s.histograms != "all" or not released[i]:
+                    rep.pop("feature_histograms")
+                if s.histograms == "none" or not released[i]:
+                    rep.pop("label_histogram")
+                if scalars is not None:
+                    del rep["update_sketch"]
+                    rep.update(scalars[i])
                 if clipped is not None:
                     rep["clipped"] = bool(clipped[i])
                 if self.local_accuracy is not None and np.isfinite(self.local_accuracy[k]):
@@ -450,6 +489,8 @@ class Simulation:
         for k in stale:
             rep, delta, bad = self.last_message[k]
             reports[k] = dict(rep)
+            if s.secure_aggregation:  # the client-side scalars are computed on what it sends
+                reports[k].update(self._stale_scalars(k, delta))
             stale_deltas.append(delta)
             stale_nonfinite.append(bad)
             stale_sizes.append(rep["num_examples"])
@@ -506,6 +547,35 @@ class Simulation:
                 reports[k] = {"client_id": s.client_id(k), "status": "timeout"}
         ordered = [reports[k] for k in sorted(reports)]
         return RoundOutput(r, ordered, close, sampled, train_seconds)
+
+    # -- secure aggregation ------------------------------------------------------
+
+    def _client_scalars(
+        self, trainers: list[int], deltas: torch.Tensor, global_now: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        """What :func:`collectors.flower.mod.update_scalars` computes on each client."""
+        from monitor.signals.update_scalars import update_scalars
+
+        out = []
+        g = global_now.double().numpy()
+        for i, k in enumerate(trainers):
+            prev_g = self.last_global_seen.get(k)
+            prev_u = self.last_message.get(k)
+            out.append(
+                update_scalars(
+                    deltas[i].double().numpy(),
+                    None if prev_g is None else prev_g.double().numpy(),
+                    g,
+                    None if prev_u is None else prev_u[1].double().numpy(),
+                )
+            )
+            self.last_global_seen[k] = global_now.clone()
+        return out
+
+    def _stale_scalars(self, k: int, delta: torch.Tensor) -> dict[str, Any]:
+        """A stale client sends its previous update again: the mod sees a repeated update."""
+        global_now = flatten(self.global_params)
+        return self._client_scalars([k], delta[None, :], global_now)[0]
 
     # -- evaluation ------------------------------------------------------------
 

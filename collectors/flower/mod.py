@@ -14,7 +14,15 @@ On a train instruction that carries fedsentinel's run settings (added by
 3. runs the user's train function (``call_next``) and times it,
 4. computes the label histogram, the feature histograms on the run's shared
    bin edges and the L2 norm of the update (reply arrays minus received arrays),
-5. puts them in the reply as a ``ConfigRecord`` (see :mod:`collectors.flower.records`).
+   and, when the run uses secure aggregation, the update's cosine to the
+   previous global update and whether it repeats the previous update
+   (:class:`UpdateMemory`, kept in ``context.state``),
+5. with a ``telemetry_budget``, noises the histograms (or leaves them out on
+   rounds that are not releases, :mod:`collectors.privacy`; the release count
+   is kept in ``context.state``),
+6. puts them in the reply as a ``ConfigRecord`` (see :mod:`collectors.flower.records`).
+
+collectors/privacy.py lists every number computed here on the client's data.
 
 On an evaluate instruction carrying the settings it only takes them out and
 adds the client id to the reply, so that the server can name a node whose
@@ -25,7 +33,8 @@ on. A failure inside the mod is logged and the reply goes back without
 statistics; exceptions of the user's own code are not touched.
 
 The mod imports nothing but numpy and flwr, so it adds no start-up time to
-simulation workers.
+simulation workers (with a telemetry budget it also loads :mod:`collectors.privacy`,
+pydantic and Opacus' RDP analysis without torch, once per process).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
 
 from collectors.flower.records import (
     RECORD_KEY,
@@ -46,8 +55,12 @@ from collectors.flower.records import (
     first_record,
     flatten_arrays,
 )
+from monitor.signals.update_scalars import update_scalars
 
 log = logging.getLogger("fedsentinel.flower")
+
+STATE_PRIVACY = "fedsentinel.privacy"
+STATE_UPDATES = "fedsentinel.updates"
 
 TRAIN_LOSS_KEYS = ("train_loss", "loss")
 TRAIN_ACCURACY_KEYS = ("train_acc", "train_accuracy", "accuracy")
@@ -91,6 +104,91 @@ def feature_histograms(X: np.ndarray, edges: list[np.ndarray]) -> list[np.ndarra
     return out
 
 
+class UpdateMemory:
+    """The two vectors the secure-aggregation scalars need, in the node's ``context.state``.
+
+    The last global model received and the last update sent, flattened (float64,
+    so twice the model size per node). They never leave the client.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        rec = context.state.get(STATE_UPDATES)
+        self.previous_global = (
+            rec["global"].numpy() if rec is not None and "global" in rec else None
+        )
+        self.previous_update = (
+            rec["update"].numpy() if rec is not None and "update" in rec else None
+        )
+
+    def save(self, global_now: np.ndarray, update: np.ndarray) -> None:
+        self.context.state[STATE_UPDATES] = ArrayRecord(
+            {
+                "global": Array(np.ascontiguousarray(global_now)),
+                "update": Array(np.ascontiguousarray(update)),
+            }
+        )
+
+
+def noised_histograms(
+    labels: np.ndarray | None,
+    features: list[np.ndarray],
+    budget: Any,
+    context: Context,
+    server_round: int,
+) -> dict[str, Any]:
+    """The histogram entries of the mod's record under ``budget`` (release count in ``context.state``).
+
+    Outside a release round (or after the last planned release) no histograms;
+    otherwise noised ones plus the ``noise_*`` declaration (flat: a ConfigRecord
+    holds no nested dicts; the server rebuilds ``histogram_noise``).
+    """
+    from collectors.privacy import ReleaseState, privatize_report
+
+    rec = context.state.get(STATE_PRIVACY)
+    last = int(rec["last_release_round"]) if rec is not None else -1
+    state = ReleaseState(
+        releases_done=int(rec["releases_done"]) if rec is not None else 0,
+        last_release_round=None if last < 0 else last,
+    )
+    report: dict[str, Any] = {}
+    if labels is not None:
+        report["label_histogram"] = labels
+    if features:
+        report["feature_histograms"] = features
+    out = privatize_report(report, _plan(budget), state, server_round, np.random.default_rng())
+    context.state[STATE_PRIVACY] = ConfigRecord(
+        {
+            "releases_done": state.releases_done,
+            "last_release_round": -1
+            if state.last_release_round is None
+            else state.last_release_round,
+        }
+    )
+    stats: dict[str, Any] = {}
+    if "label_histogram" in out:
+        stats["label_histogram"] = list(out["label_histogram"])
+    if "feature_histograms" in out:
+        stats["feature_histograms"] = np.concatenate(out["feature_histograms"]).tolist()
+    for key, value in (out.get("histogram_noise") or {}).items():
+        stats[f"noise_{key}"] = value
+    return stats
+
+
+_PLANS: dict[str, Any] = {}
+
+
+def _plan(budget: Any) -> Any:
+    """The budget's NoisePlan, calibrated once per process."""
+    from collectors.privacy import NoisePlan, TelemetryBudget
+
+    b = budget if isinstance(budget, TelemetryBudget) else TelemetryBudget.model_validate(budget)
+    key = b.model_dump_json()
+    if key not in _PLANS:
+        _PLANS[key] = NoisePlan.from_budget(b)
+    return _PLANS[key]
+
+
 def default_client_id(context: Context) -> str | None:
     """``client-<partition-id>`` where the node config names a partition (simulation, most deployments)."""
     pid = context.node_config.get("partition-id")
@@ -106,10 +204,12 @@ class MonitorMod:
         evaluate: EvaluateFn | None = None,
         *,
         client_id: Callable[[Context], str | None] = default_client_id,
+        telemetry_budget: Any = None,
     ) -> None:
         self.data = data
         self.evaluate = evaluate
         self.client_id = client_id
+        self.telemetry_budget = telemetry_budget
 
     def __call__(
         self, message: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -124,7 +224,7 @@ class MonitorMod:
             return call_next(message, context)
 
         stats: dict[str, Any] = {}
-        before: tuple[np.ndarray | None, list[str]] | None = None
+        before: tuple[np.ndarray | None, list[str], bool] | None = None
         try:
             before = self._before(message, context, settings, stats)
         except Exception:  # noqa: BLE001 - monitoring never breaks training
@@ -137,7 +237,7 @@ class MonitorMod:
             return reply
 
         try:
-            self._after(reply, before, stats)
+            self._after(reply, before, stats, context)
             reply.content[RECORD_KEY] = ConfigRecord(stats)
         except Exception:  # noqa: BLE001
             log.exception("fedsentinel mod: statistics after training failed")
@@ -157,7 +257,7 @@ class MonitorMod:
 
     def _before(
         self, message: Message, context: Context, settings: Any, stats: dict[str, Any]
-    ) -> tuple[np.ndarray | None, list[str]]:
+    ) -> tuple[np.ndarray | None, list[str], bool]:
         cid = self.client_id(context)
         if cid:
             stats["client_id"] = str(cid)
@@ -165,12 +265,19 @@ class MonitorMod:
         data = self.data(context, server_round)
         num_classes = int(settings["num_classes"])
         stats["num_examples"] = len(data.y_train)
-        stats["label_histogram"] = label_histogram(data.y_train, num_classes).tolist()
+        labels = label_histogram(data.y_train, num_classes)
         lengths = list(settings.get("edge_lengths") or [])
+        hists = []
         if lengths:
             edges = decode_edges(settings["edges"], lengths)
             hists = feature_histograms(data.X_train, edges)
-            stats["feature_histograms"] = np.concatenate(hists).tolist()
+        budget = self._budget(context)
+        if budget is not None:
+            stats.update(noised_histograms(labels, hists, budget, context, server_round))
+        else:
+            stats["label_histogram"] = labels.tolist()
+            if hists:
+                stats["feature_histograms"] = np.concatenate(hists).tolist()
 
         global_arrays = first_record(message.content.array_records)
         if (
@@ -182,16 +289,22 @@ class MonitorMod:
             loss, accuracy = self.evaluate(global_arrays, data.X_heldout, data.y_heldout)
             stats["eval_loss"] = float(loss)
             stats["eval_accuracy"] = float(accuracy)
+        scalars = bool(settings.get("client_scalars", False))
         if global_arrays is None:
-            return None, []
+            return None, [], scalars
         keys = list(global_arrays.keys())
-        return flatten_arrays(global_arrays, keys), keys
+        return flatten_arrays(global_arrays, keys), keys, scalars
+
+    def _budget(self, context: Context) -> Any:
+        b = self.telemetry_budget
+        return b(context) if callable(b) else b
 
     def _after(
         self,
         reply: Message,
-        before: tuple[np.ndarray | None, list[str]] | None,
+        before: tuple[np.ndarray | None, list[str], bool] | None,
         stats: dict[str, Any],
+        context: Context,
     ) -> None:
         metrics = first_record(reply.content.metric_records)
         for name, keys in (
@@ -203,11 +316,20 @@ class MonitorMod:
                 stats[name] = value
         if before is None or before[0] is None:
             return
-        global_vec, keys = before
+        global_vec, keys, client_scalars = before
         arrays = first_record(reply.content.array_records)
         local_vec = None if arrays is None else flatten_arrays(arrays, keys)
-        if local_vec is not None and local_vec.shape == global_vec.shape:
-            stats["update_norm"] = float(np.linalg.norm(local_vec - global_vec))
+        if local_vec is None or local_vec.shape != global_vec.shape:
+            return
+        update = local_vec - global_vec
+        if not client_scalars:
+            stats["update_norm"] = float(np.linalg.norm(update))
+            return
+        memory = UpdateMemory(context)
+        stats.update(
+            update_scalars(update, memory.previous_global, global_vec, memory.previous_update)
+        )
+        memory.save(global_vec, update)
 
 
 def monitor_mod(
@@ -215,6 +337,7 @@ def monitor_mod(
     evaluate: EvaluateFn | None = None,
     *,
     client_id: Callable[[Context], str | None] = default_client_id,
+    telemetry_budget: Any = None,
 ) -> MonitorMod:
     """Build the client-side mod; put it in ``ClientApp(mods=[...])``.
 
@@ -222,5 +345,10 @@ def monitor_mod(
     ``evaluate(arrays, X, y)`` returns ``(loss, accuracy)`` of a model given as an
     ``ArrayRecord`` (the global model of the round, on held-out data). The client
     id defaults to ``client-<partition-id>``; the server falls back to the node id.
+
+    ``telemetry_budget``: a :class:`monitor.schemas.TelemetryBudget` (or its dict,
+    or ``(context) -> budget | None``) with ``epsilon``, ``delta``,
+    ``planned_rounds`` and optionally ``every_k_rounds``: the histograms are
+    noised so that the whole run spends at most that budget (docs/privacy.md).
     """
-    return MonitorMod(data, evaluate, client_id=client_id)
+    return MonitorMod(data, evaluate, client_id=client_id, telemetry_budget=telemetry_budget)

@@ -4,11 +4,14 @@ Both directions use a ``ConfigRecord`` stored under :data:`RECORD_KEY` in the
 message's ``RecordDict``:
 
 * server -> client (train instructions): the run's task as the client needs it,
-  ``num_classes``, the shared feature bin edges (flattened, with their lengths)
-  and the round number;
+  ``num_classes``, the shared feature bin edges (flattened, with their lengths),
+  the round number and ``client_scalars`` (secure aggregation: the client
+  computes the update scalars);
 * client -> server (train replies): the client's statistics (label histogram,
   feature histograms, update norm, evaluation of the received global model on
-  local held-out data, wall time, client id);
+  local held-out data, wall time, client id; the ``noise_*`` declaration of
+  noised histograms; under secure aggregation the update's cosine to the
+  previous global update and its repeat flag);
 * server -> client (evaluate instructions): ``run_id`` and ``round`` only;
 * client -> server (evaluate replies): the client id only.
 
@@ -38,7 +41,20 @@ STAT_FIELDS = (
     "eval_accuracy",
     "wall_time_seconds",
     "update_norm",
+    "update_cosine_previous_global",
+    "update_repeated",
 )
+
+NOISE_FIELDS = (
+    "mechanism",
+    "scale",
+    "l2_sensitivity",
+    "epsilon",
+    "delta",
+    "releases_planned",
+    "release",
+)
+"""``histogram_noise`` keys, sent flat as ``noise_<key>`` (a ConfigRecord holds no nested dicts)."""
 
 
 def encode_edges(edges: Sequence[Sequence[float]]) -> tuple[list[float], list[int]]:
@@ -64,6 +80,7 @@ def server_config(run: Any, server_round: int) -> dict[str, Any]:
         "num_classes": int(run.task.num_classes),
         "edges": flat,
         "edge_lengths": lengths,
+        "client_scalars": bool(run.secure_aggregation),
     }
 
 

@@ -17,6 +17,9 @@ the wrapped strategy, and reads what passes through:
   the global arrays, streamed over parameter blocks without copying the
   replies: :mod:`collectors.flower.sketch`). Sampled nodes without a reply are
   reported as ``timeout``. After delegating, the aggregate update's norm and sketch.
+  With ``run.secure_aggregation`` the replies' arrays are not read: the mod
+  sends the update's norm, cosine to the previous global update and repeat
+  flag, and only the aggregate is sketched.
 * ``configure_evaluate``: adds the run id and round for the mod, which answers
   with the client id.
 * ``aggregate_evaluate``: per-client and aggregated evaluation metrics; then the
@@ -64,6 +67,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from collectors.client import MonitorClient
 from collectors.flower.records import (
+    NOISE_FIELDS,
     RECORD_KEY,
     STAT_FIELDS,
     as_float,
@@ -381,7 +385,9 @@ class MonitoredStrategy(Strategy):
                 if n is not None and math.isfinite(n) and n >= 0:
                     report["num_examples"] = int(n)
             arrays = first_record(reply.content.array_records)
-            if arrays is not None and state.global_vec is not None:
+            if self.run.secure_aggregation:
+                pass  # only the aggregate is looked at: the client sent its own scalars
+            elif arrays is not None and state.global_vec is not None:
                 vec = FlatVector.from_arrays(arrays, state.global_keys)
                 if vec is not None and vec.size == state.global_vec.size:
                     updates.append((node, vec))
@@ -403,6 +409,8 @@ class MonitoredStrategy(Strategy):
                 continue
             if name == "num_examples":
                 report[name] = int(value)
+            elif name == "update_repeated":
+                report[name] = bool(value)
             elif name in ("train_accuracy", "eval_accuracy"):
                 ratio = finite_ratio(value)
                 if ratio is not None:
@@ -413,6 +421,10 @@ class MonitoredStrategy(Strategy):
                     report[name] = v
             else:
                 report[name] = float(value)
+        if "noise_mechanism" in stats:
+            report["histogram_noise"] = {
+                key: stats[f"noise_{key}"] for key in NOISE_FIELDS if f"noise_{key}" in stats
+            }
         hist = stats.get("label_histogram")
         if hist is not None and len(hist) == self.run.task.num_classes:
             report["label_histogram"] = [float(x) for x in hist]

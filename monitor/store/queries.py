@@ -239,9 +239,22 @@ def list_clients(
     return items, total
 
 
+def _noise_out(row: ClientReportRow) -> dict | None:
+    if row.noise_json:
+        return json.loads(row.noise_json)
+    if row.noise_mechanism:  # stored before noise_json existed
+        return {"mechanism": row.noise_mechanism, "scale": row.noise_scale}
+    return None
+
+
 def report_out(row: ClientReportRow, config: RunCreate) -> ClientRoundOut:
     scalars = restore_nonfinite(
-        {"train_loss": row.train_loss, "eval_loss": row.eval_loss, "update_norm": row.update_norm},
+        {
+            "train_loss": row.train_loss,
+            "eval_loss": row.eval_loss,
+            "update_norm": row.update_norm,
+            "update_cosine_previous_global": row.update_cosine_previous_global,
+        },
         row.nonfinite,
     )
     sketch = unpack(row.update_sketch)
@@ -260,11 +273,8 @@ def report_out(row: ClientReportRow, config: RunCreate) -> ClientRoundOut:
         update_sketch=None if sketch is None else sketch.tolist(),
         label_histogram=None if labels is None else labels.tolist(),
         feature_histograms=None if features is None else [f.tolist() for f in features],
-        histogram_noise=(
-            {"mechanism": row.noise_mechanism, "scale": row.noise_scale}
-            if row.noise_mechanism
-            else None
-        ),
+        histogram_noise=_noise_out(row),
+        update_repeated=row.update_repeated,
         clipped=row.clipped,
         **scalars,
     )

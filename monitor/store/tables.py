@@ -73,10 +73,14 @@ class ClientReportRow(SQLModel, table=True):
     wall_time_seconds: float | None = None
     update_norm: float | None = None
     update_sketch: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    update_cosine_previous_global: float | None = None
+    update_repeated: bool | None = None
     label_histogram: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     feature_histograms: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     noise_mechanism: str | None = Field(default=None, max_length=16)
     noise_scale: float | None = None
+    noise_json: str | None = None
+    """The whole ``histogram_noise`` declaration (calibration parameters included), as sent."""
     clipped: bool | None = None
     nonfinite: str | None = None
 

@@ -98,6 +98,7 @@ def _report_row(run_id: str, round_number: int, report: ClientReport, digest: st
             "train_loss": report.train_loss,
             "eval_loss": report.eval_loss,
             "update_norm": report.update_norm,
+            "update_cosine_previous_global": report.update_cosine_previous_global,
         }
     )
     noise = report.histogram_noise
@@ -118,6 +119,8 @@ def _report_row(run_id: str, round_number: int, report: ClientReport, digest: st
         "feature_histograms": pack_ragged(report.feature_histograms),
         "noise_mechanism": noise.mechanism.value if noise else None,
         "noise_scale": noise.scale if noise else None,
+        "noise_json": noise.model_dump_json(exclude_none=True) if noise else None,
+        "update_repeated": report.update_repeated,
         "clipped": report.clipped,
         "nonfinite": nonfinite,
         **scalars,
