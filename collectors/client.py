@@ -13,15 +13,19 @@ once (during a replay, the record is set aside in the spool's rejected file).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import numpy as np
+import orjson
 
 from collectors.privacy import TelemetryBudget, TelemetryNoiser
 from collectors.sink import make_record
@@ -31,11 +35,80 @@ log = logging.getLogger("fedsentinel.sdk")
 
 API = "/api/v1"
 JSON_HEADERS = {"Content-Type": "application/json"}
+PACKED_MEDIA_TYPE = "application/vnd.fedsentinel.packed+json"
+PACKED_HEADERS = {"Content-Type": PACKED_MEDIA_TYPE}
+ARRAY_FIELDS = ("update_sketch", "label_histogram", "feature_histograms")
+Encoding = Literal["json", "packed"]
+
+
+def _finite(value: Any) -> bool:
+    """True when no float in ``value`` is NaN or infinite (a sum is: one C loop per list)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        try:
+            return math.isfinite(sum(value))
+        except (TypeError, OverflowError):
+            return all(_finite(v) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return bool(np.isfinite(value).all())
+    return True
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
-    """JSON with NaN/Infinity tokens kept: they are fault evidence (httpx's json= refuses them)."""
-    return json.dumps(body, separators=(",", ":")).encode()
+    """JSON, fast (orjson) unless a value is NaN or infinite.
+
+    NaN/Infinity are fault evidence and go out as the tokens ``NaN`` / ``Infinity``
+    (the stdlib writes them; orjson would write ``null``, httpx's ``json=`` refuses
+    them). numpy arrays and scalars are accepted.
+    """
+    if _finite(body):
+        try:
+            return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:
+            pass  # e.g. a non-contiguous or non-float numpy array: let the stdlib say what is wrong
+    return json.dumps(body, separators=(",", ":"), default=_plain).encode()
+
+
+def _packed_float(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _pack_array(value: Any, dtype: str) -> dict[str, str]:
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except ValueError:  # ragged feature histograms: features with different numbers of bins
+        array = np.concatenate([np.asarray(row, dtype=dtype) for row in value])
+    return {"dtype": dtype, "data": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def encode_packed_reports(body: dict[str, Any], dtype: str = "<f8") -> bytes:
+    """A report batch in the packed encoding: arrays as base64 little-endian floats.
+
+    ``dtype`` is ``"<f8"`` (exact) or ``"<f4"`` (half the bytes; histograms of
+    counts below 2**24 stay exact). Non-finite losses and norms go as the strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; in the arrays they are just bytes.
+    """
+    reports = []
+    for report in body["reports"]:
+        packed = {key: _packed_float(value) for key, value in report.items()}
+        for key in ARRAY_FIELDS:
+            if packed.get(key) is not None:
+                packed[key] = _pack_array(packed[key], dtype)
+        reports.append(packed)
+    return orjson.dumps({"reports": reports}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class MonitorError(RuntimeError):
@@ -66,12 +139,25 @@ class MonitorClient:
         transport: httpx.BaseTransport | None = None,
         telemetry_budget: TelemetryBudget | dict[str, Any] | None = None,
         telemetry_seed: int | None = None,
+        encoding: Encoding = "json",
+        packed_dtype: Literal["float32", "float64"] = "float64",
     ) -> None:
         """``telemetry_budget``: noise every report's histograms under this budget before
         sending (:mod:`collectors.privacy`; per client id, releases counted per run).
-        ``telemetry_seed`` fixes the noise for tests only."""
+        ``telemetry_seed`` fixes the noise for tests only.
+
+        ``encoding="packed"`` sends report arrays as base64 little-endian floats
+        (``application/vnd.fedsentinel.packed+json``, needs a service that has it):
+        no float is parsed as text on either side. ``packed_dtype="float32"`` halves
+        the bytes at float32 precision. JSON is the default."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if encoding not in ("json", "packed"):
+            raise ValueError(f"encoding must be 'json' or 'packed', not {encoding!r}")
+        if packed_dtype not in ("float32", "float64"):
+            raise ValueError(f"packed_dtype must be 'float32' or 'float64', not {packed_dtype!r}")
+        self.encoding = encoding
+        self._packed_dtype = "<f4" if packed_dtype == "float32" else "<f8"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             base_url=url.rstrip("/"), headers=headers, timeout=timeout_seconds, transport=transport
@@ -99,30 +185,37 @@ class MonitorClient:
     def report(self, run_id: str, round: int, reports: list[dict[str, Any]]) -> None:
         """Send a round's client reports, in batches of ``batch_size``, in order.
 
-        The next batch is JSON-encoded in a helper thread while the current one
-        is in flight, so encoding and the service's work overlap. With a
+        The next batch is encoded in a helper thread while the current one is
+        in flight, so encoding and the service's work overlap. With a
         telemetry budget, histograms are noised (or dropped outside release
         rounds) first.
         """
         if self.noiser is not None:
             reports = self.noiser.noise(run_id, round, reports)
         records = [
-            make_record("report", run_id, {"reports": reports[start : start + self.batch_size]}, round)
+            make_record(
+                "report", run_id, {"reports": reports[start : start + self.batch_size]}, round
+            )
             for start in range(0, len(reports), self.batch_size)
         ]
         if not records:
             return
-        pending = self._encoder.submit(encode_body, records[0]["body"])
+        pending = self._encoder.submit(self._encode, records[0])
         for i, record in enumerate(records):
             payload = pending.result()
             if i + 1 < len(records):
-                pending = self._encoder.submit(encode_body, records[i + 1]["body"])
+                pending = self._encoder.submit(self._encode, records[i + 1])
             self._submit(record, payload)
 
     def close_round(self, run_id: str, round: int, summary: dict[str, Any]) -> None:
         self._submit(make_record("close_round", run_id, summary, round))
 
     # -- plumbing ----------------------------------------------------------
+
+    def _encode(self, record: dict[str, Any]) -> bytes:
+        if record["op"] == "report" and self.encoding == "packed":
+            return encode_packed_reports(record["body"], self._packed_dtype)
+        return encode_body(record["body"])
 
     def send_record(self, record: dict[str, Any], payload: bytes | None = None) -> httpx.Response:
         """Send one record now (with retries); raise on failure."""
@@ -133,7 +226,10 @@ class MonitorClient:
             path = f"{API}/runs/{run_id}/rounds/{record['round']}/reports"
         else:
             path = f"{API}/runs/{run_id}/rounds/{record['round']}/close"
-        return self._post_with_retries(path, payload or encode_body(record["body"]))
+        packed = op == "report" and self.encoding == "packed"
+        return self._post_with_retries(
+            path, payload or self._encode(record), PACKED_HEADERS if packed else JSON_HEADERS
+        )
 
     def flush(self) -> int:
         """Replay the spool in order; return how many records went out.
@@ -175,7 +271,9 @@ class MonitorClient:
             self._unreachable_at = time.monotonic()
             self.spool.append(record)
             self.spooled += 1
-            log.warning("service unavailable (%s); spooled %s to %s", exc, record["op"], self.spool.path)
+            log.warning(
+                "service unavailable (%s); spooled %s to %s", exc, record["op"], self.spool.path
+            )
 
     def _recently_unreachable(self) -> bool:
         return (
@@ -183,14 +281,18 @@ class MonitorClient:
             and time.monotonic() - self._unreachable_at < self.probe_interval_seconds
         )
 
-    def _post_with_retries(self, path: str, payload: bytes) -> httpx.Response:
+    def _post_with_retries(
+        self, path: str, payload: bytes, headers: dict[str, str] = JSON_HEADERS
+    ) -> httpx.Response:
         last_error = "no attempt"
         for attempt in range(self.max_retries + 1):
             if attempt:
-                delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+                delay = min(
+                    self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1)
+                )
                 time.sleep(delay * (0.5 + random.random() / 2))
             try:
-                response = self._http.post(path, content=payload, headers=JSON_HEADERS)
+                response = self._http.post(path, content=payload, headers=headers)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue
@@ -203,7 +305,9 @@ class MonitorClient:
                     response.status_code,
                 )
             return response
-        raise ServiceUnavailable(f"POST {path} failed after {self.max_retries + 1} attempts: {last_error}")
+        raise ServiceUnavailable(
+            f"POST {path} failed after {self.max_retries + 1} attempts: {last_error}"
+        )
 
     def close(self) -> None:
         self._encoder.shutdown(wait=True)

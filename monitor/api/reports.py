@@ -7,16 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from monitor.api.body import body_schema, json_body
 from monitor.api.deps import RoundNumber, RunId, WriteAccess, get_store
+from monitor.api.report_batch import DecodedBatch, report_batch, report_body_schema
 from monitor.errors import InvalidInput
 from monitor.schemas import (
     IngestResult,
-    ReportBatch,
     RoundClose,
     RoundClosed,
     RunCreate,
-    validate_report_against_run,
     validate_round_close_against_run,
 )
 from monitor.store import Store, writes
@@ -58,31 +56,34 @@ class RunConfigCache:
 @router.post(
     "/reports",
     response_model=IngestResult,
-    openapi_extra=body_schema(ReportBatch),
+    openapi_extra=report_body_schema(),
     responses={404: {"description": "Unknown run"}, 409: {"description": "Conflicting resend or closed round"}},
 )
 def ingest_reports(
     run_id: RunId,
     round: RoundNumber,
-    batch: Annotated[ReportBatch, Depends(json_body(ReportBatch))],
+    batch: Annotated[DecodedBatch, Depends(report_batch)],
     request: Request,
     store: Annotated[Store, Depends(get_store)],
 ) -> IngestResult:
-    """Store one or many client reports for a round. Identical resends are counted, not stored again."""
+    """Store one or many client reports for a round. Identical resends are counted, not stored again.
+
+    The body is JSON (``application/json``) or, with arrays as base64 little-endian
+    floats, ``application/vnd.fedsentinel.packed+json``; both are documented below.
+    """
     limit = request.app.state.settings.max_reports_per_request
-    if len(batch.reports) > limit:
+    if batch.count > limit:
         raise HTTPException(
             413,
-            f"{len(batch.reports)} reports in one request; the limit is {limit}, send smaller batches",
+            f"{batch.count} reports in one request; the limit is {limit}, send smaller batches",
         )
     config = _run_config(request, store, run_id)
     try:
-        for report in batch.reports:
-            validate_report_against_run(report, config)
+        rows = batch.prepare(config)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
     with store.write_session() as session:
-        accepted, duplicates = writes.ingest_reports(session, run_id, round, batch.reports)
+        accepted, duplicates = writes.ingest_reports(session, run_id, round, rows)
     return IngestResult(run_id=run_id, round=round, accepted=accepted, duplicates=duplicates)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from monitor.errors import Conflict, NotFound
 from monitor.schemas import ClientReport, RoundClose, RunCreate
-from monitor.store.codec import pack, pack_ragged, split_nonfinite
+from monitor.store.codec import pack, split_nonfinite
+from monitor.store.report_rows import COLUMNS, DIGEST_PREFIX, PreparedReport, legacy_digest
 from monitor.store.tables import ClientReportRow, RoundRow, RunRow, utcnow
 
 _IN_CHUNK = 900  # keeps IN (...) lists under every backend's parameter limit
@@ -92,49 +93,37 @@ def lock_round(session: Session, run_id: str, round_number: int) -> RoundRow:
     return row
 
 
-def _report_row(run_id: str, round_number: int, report: ClientReport, digest: str) -> dict:
-    scalars, nonfinite = split_nonfinite(
-        {
-            "train_loss": report.train_loss,
-            "eval_loss": report.eval_loss,
-            "update_norm": report.update_norm,
-            "update_cosine_previous_global": report.update_cosine_previous_global,
-        }
-    )
-    noise = report.histogram_noise
-    return {
-        "run_id": run_id,
-        "round": round_number,
-        "client_id": report.client_id,
-        "received_at": utcnow(),
-        "content_hash": digest,
-        "status": report.status.value,
-        "num_examples": report.num_examples,
-        "train_accuracy": report.train_accuracy,
-        "eval_accuracy": report.eval_accuracy,
-        "local_accuracy": report.local_accuracy,
-        "wall_time_seconds": report.wall_time_seconds,
-        "update_sketch": pack(report.update_sketch),
-        "label_histogram": pack(report.label_histogram),
-        "feature_histograms": pack_ragged(report.feature_histograms),
-        "noise_mechanism": noise.mechanism.value if noise else None,
-        "noise_scale": noise.scale if noise else None,
-        "noise_json": noise.model_dump_json(exclude_none=True) if noise else None,
-        "update_repeated": report.update_repeated,
-        "clipped": report.clipped,
-        "nonfinite": nonfinite,
-        **scalars,
-    }
-
-
 def _names(ids: Sequence[str]) -> str:
     shown = ", ".join(sorted(ids)[:_MAX_NAMED])
     more = len(ids) - _MAX_NAMED
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def _bulk_insert(
+    session: Session, run_id: str, round_number: int, rows: Sequence[PreparedReport]
+) -> None:
+    """One ``executemany`` of plain tuples through the driver: no ORM objects, no per-row
+    type processing (the received-at timestamp, the only value that needs it, is shared)."""
+    table = ClientReportRow.__table__
+    dialect = session.get_bind().dialect
+    to_db = table.c.received_at.type.bind_processor(dialect)
+    received = utcnow() if to_db is None else to_db(utcnow())
+    columns = ("run_id", "round", "received_at", *COLUMNS)
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
+    head = (run_id, round_number, received)
+    session.connection().exec_driver_sql(sql, [head + row.values for row in rows])
+
+
+def _same_report(row: PreparedReport, stored: str) -> bool:
+    """Compare with a stored digest, of this scheme or of the one before it."""
+    if stored.startswith(DIGEST_PREFIX):
+        return stored == row.digest
+    return stored == legacy_digest(row.model())
+
+
 def ingest_reports(
-    session: Session, run_id: str, round_number: int, reports: Sequence[ClientReport]
+    session: Session, run_id: str, round_number: int, reports: Sequence[PreparedReport]
 ) -> tuple[int, int]:
     """Store a batch of reports for one round; return ``(accepted, duplicates)``.
 
@@ -143,15 +132,14 @@ def ingest_reports(
     not fail); a new or different report for a closed round is a conflict.
     """
     hashes: dict[str, str] = {}
-    unique: list[tuple[ClientReport, str]] = []
+    unique: list[PreparedReport] = []
     duplicates = 0
     for report in reports:
-        digest = content_hash(report)
         seen = hashes.get(report.client_id)
         if seen is None:
-            hashes[report.client_id] = digest
-            unique.append((report, digest))
-        elif seen == digest:
+            hashes[report.client_id] = report.digest
+            unique.append(report)
+        elif seen == report.digest:
             duplicates += 1
         else:
             raise Conflict(
@@ -161,7 +149,9 @@ def ingest_reports(
 
     round_row = lock_round(session, run_id, round_number)
     stored: dict[str, str] = {}
-    client_ids = list(hashes)
+    client_ids = (
+        list(hashes) if round_row.reports else []
+    )  # a round without reports has none to compare
     for start in range(0, len(client_ids), _IN_CHUNK):
         chunk = client_ids[start : start + _IN_CHUNK]
         stored.update(
@@ -173,23 +163,25 @@ def ingest_reports(
                 )
             ).all()
         )
-    conflicting = [cid for cid, digest in stored.items() if hashes[cid] != digest]
+    conflicting = [
+        r.client_id
+        for r in unique
+        if r.client_id in stored and not _same_report(r, stored[r.client_id])
+    ]
     if conflicting:
         raise Conflict(
             f"run {run_id} round {round_number}: client(s) {_names(conflicting)} already "
             "reported different statistics for this round"
         )
-    new = [(r, d) for r, d in unique if r.client_id not in stored]
+    new = [r for r in unique if r.client_id not in stored]
     if new and round_row.status == "closed":
         raise Conflict(
             f"run {run_id} round {round_number} is closed; refused reports for client(s) "
-            f"{_names([r.client_id for r, _ in new])}"
+            f"{_names([r.client_id for r in new])}"
         )
     duplicates += len(unique) - len(new)
     if new:
-        session.execute(
-            insert(ClientReportRow.__table__), [_report_row(run_id, round_number, r, d) for r, d in new]
-        )
+        _bulk_insert(session, run_id, round_number, new)
         session.execute(
             update(RoundRow)
             .where(RoundRow.run_id == run_id, RoundRow.round == round_number)
@@ -211,7 +203,10 @@ def close_round(
             )
         return True, row.reports
     scalars, nonfinite = split_nonfinite(
-        {"global_eval_loss": body.global_eval_loss, "aggregate_update_norm": body.aggregate_update_norm}
+        {
+            "global_eval_loss": body.global_eval_loss,
+            "aggregate_update_norm": body.aggregate_update_norm,
+        }
     )
     session.execute(
         update(RoundRow)

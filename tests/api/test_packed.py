@@ -1,0 +1,199 @@
+"""The packed encoding of report arrays (base64 little-endian floats), and the fast JSON path.
+
+Runs against SQLite and PostgreSQL (the ``database_url`` fixture). The JSON
+behaviour itself is pinned by tests/api/test_ingest.py, unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import select, update
+
+from collectors.client import encode_packed_reports
+from monitor.schemas import ClientReport
+from monitor.store.report_rows import DIGEST_PREFIX, legacy_digest
+from monitor.store.tables import ClientReportRow
+from tests.factories import report, run_spec
+
+API = "/api/v1"
+PACKED = {"content-type": "application/vnd.fedsentinel.packed+json"}
+REPORTS = f"{API}/runs/run-1/rounds/1/reports"
+
+
+def _history(api, client="c1"):  # type: ignore[no-untyped-def]
+    r = api.get(f"{API}/runs/run-1/clients/{client}/history")
+    return r.json()["items"] if r.status_code == 200 else []
+
+
+def _packed(values: list[float], dtype: str = "<f8") -> dict[str, str]:
+    return {"dtype": dtype, "data": base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()}
+
+
+def _post_packed(api, reports: list[dict], dtype: str = "<f8"):  # type: ignore[no-untyped-def]
+    return api.post(REPORTS, content=encode_packed_reports({"reports": reports}, dtype), headers=PACKED)
+
+
+@pytest.mark.parametrize("dtype", ["<f8", "<f4"])
+def test_packed_reports_round_trip(api, dtype: str) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    sent = [report(f"c{i}", seed=i, update_sketch=[0.1 * i, -0.2, 1 / 3]) for i in range(3)]
+    r = _post_packed(api, sent, dtype)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"run_id": "run-1", "round": 1, "accepted": 3, "duplicates": 0}
+    for original in sent:
+        stored = _history(api, original["client_id"])[0]
+        for key, value in original.items():
+            if key == "feature_histograms":
+                expected = [np.asarray(row, dtype=dtype).astype(float).tolist() for row in value]
+            elif key in ("update_sketch", "label_histogram"):
+                expected = np.asarray(value, dtype=dtype).astype(float).tolist()
+            else:
+                expected = value
+            assert stored[key] == expected, key
+
+
+def test_the_same_report_in_either_encoding_is_one_report(api) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    assert api.post(REPORTS, json={"reports": [report("c1")]}).json()["accepted"] == 1
+    again = _post_packed(api, [report("c1")])
+    assert again.status_code == 200 and again.json() == {**again.json(), "accepted": 0, "duplicates": 1}
+    changed = _post_packed(api, [report("c1", update_sketch=[9.0, 9.0, 9.0])])
+    assert changed.status_code == 409 and "c1" in changed.json()["detail"]
+    assert len(_history(api)) == 1
+
+
+def test_nonfinite_evidence_in_the_packed_encoding(api) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    body = report("c1", update_norm=float("nan"), train_loss=float("inf"),
+                  update_sketch=[float("nan"), 1.0, float("-inf")])
+    assert _post_packed(api, [body], "<f4").status_code == 200
+    stored = _history(api)[0]
+    assert stored["update_norm"] == "NaN" and stored["train_loss"] == "Infinity"
+    assert stored["update_sketch"] == ["NaN", 1.0, "-Infinity"]
+
+
+def _located(response, *loc: object) -> str:  # type: ignore[no-untyped-def]
+    """The message of the error at ``loc`` (under body/reports/0)."""
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert isinstance(errors, list), errors
+    for error in errors:
+        if error["loc"] == ["body", "reports", 0, *loc]:
+            return error["msg"]
+    raise AssertionError(f"no error at {loc}: {errors}")
+
+
+def test_wrong_dtype_gets_422_naming_the_field(api) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    body = json.loads(encode_packed_reports({"reports": [report("c1")]}))
+    body["reports"][0]["update_sketch"]["dtype"] = "<i4"
+    r = api.post(REPORTS, content=json.dumps(body), headers=PACKED)
+    assert "<i4" in _located(r, "update_sketch", "dtype")
+    assert _history(api) == []
+
+
+def test_wrong_length_gets_422_naming_the_field_and_the_run(api) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    for field, values, message in [
+        ("update_sketch", [1.0, 2.0], "client c1: update_sketch has 2 values, run run-1 has sketch_dim 3"),
+        ("label_histogram", [1.0] * 5, "client c1: label_histogram has 5 bins, run run-1 has 4 classes"),
+        ("feature_histograms", [1.0] * 4, "client c1: feature_histograms has 4 values, run run-1 has 5"),
+    ]:
+        body = json.loads(encode_packed_reports({"reports": [report("c1")]}))
+        body["reports"][0][field] = _packed(values)
+        r = api.post(REPORTS, content=json.dumps(body), headers=PACKED)
+        assert r.status_code == 422 and message in r.json()["detail"], (field, r.text)
+    body = json.loads(encode_packed_reports({"reports": [report("c1")]}))
+    body["reports"][0]["update_sketch"]["data"] = base64.b64encode(b"\x00" * 10).decode()
+    r = api.post(REPORTS, content=json.dumps(body), headers=PACKED)
+    assert "10 bytes" in _located(r, "update_sketch", "data")
+    assert _history(api) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc", "message"),
+    [
+        ({"label_histogram": [1.0, float("nan"), 1.0, 1.0]}, ("label_histogram",), "finite"),
+        ({"label_histogram": [1.0, -2.0, 1.0, 1.0]}, (), "negative counts"),
+        ({"eval_accuracy": 1.5}, ("eval_accuracy",), "<= 1"),
+        ({"eval_accuracy": float("nan")}, ("eval_accuracy",), "got `str`"),
+        ({"update_norm": -0.5}, ("update_norm",), ">= 0"),
+        ({"client_id": "bad id"}, ("client_id",), "matching regex"),
+        ({"status": "exploded"}, ("status",), "exploded"),
+        ({"surprise": 1}, (), "surprise"),
+    ],
+)
+def test_invalid_packed_fields_get_422_naming_the_field(api, overrides: dict, loc: tuple, message: str) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    r = _post_packed(api, [{**report("c1"), **overrides}])
+    if loc or "negative" in message:
+        assert message in _located(r, *loc)
+    else:
+        assert r.status_code == 422 and message in r.text
+    assert _history(api) == []
+
+
+def test_malformed_packed_body_gets_422(api) -> None:
+    api.post(f"{API}/runs", json=run_spec())
+    r = api.post(REPORTS, content=b'{"reports": [', headers=PACKED)
+    assert r.status_code == 422 and "JSON" in r.text
+    assert api.post(REPORTS, content=b'{"reports": []}', headers=PACKED).status_code == 422
+
+
+def test_rows_stored_before_the_new_digest_are_still_recognised(api, store) -> None:
+    """A resend (a replayed spool) across an upgrade: the stored digest is the old JSON hash."""
+    api.post(f"{API}/runs", json=run_spec())
+    api.post(REPORTS, json={"reports": [report("c1"), report("c2", seed=1)]})
+    with store.write_session() as session:
+        assert session.execute(select(ClientReportRow.content_hash)).scalars().first().startswith(DIGEST_PREFIX)
+        for cid, seed in (("c1", 0), ("c2", 1)):
+            old = legacy_digest(ClientReport.model_validate(report(cid, seed=seed)))
+            session.execute(update(ClientReportRow).where(ClientReportRow.client_id == cid).values(content_hash=old))
+    again = api.post(REPORTS, json={"reports": [report("c1"), report("c2", seed=1)]})
+    assert again.status_code == 200 and again.json()["duplicates"] == 2
+    assert api.post(REPORTS, json={"reports": [report("c1", seed=3)]}).status_code == 409
+
+
+def test_openapi_documents_both_encodings(api) -> None:
+    body = api.get("/openapi.json").json()["paths"]["/api/v1/runs/{run_id}/rounds/{round}/reports"]["post"]
+    content = body["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/vnd.fedsentinel.packed+json"}
+    packed = json.dumps(content["application/vnd.fedsentinel.packed+json"])
+    assert "PackedArray" in packed and "<f4" in packed and "base64" in packed
+
+
+def test_the_fast_decoders_mirror_the_schema() -> None:
+    """A field added to ClientReport must be added to the msgspec mirrors and the stored row too:
+    otherwise every batch would silently take the slow path, or lose the field."""
+    from monitor.api.report_batch import JsonReport, Noise, PackedReport
+    from monitor.schemas import HistogramNoise
+    from monitor.store.report_rows import ARRAYS, NOISE_FIELDS, SCALARS
+
+    fields = set(ClientReport.model_fields)
+    assert set(JsonReport.__struct_fields__) == fields
+    assert set(PackedReport.__struct_fields__) == fields
+    assert tuple(Noise.__struct_fields__) == NOISE_FIELDS == tuple(HistogramNoise.model_fields)
+    stored = set(SCALARS) | set(ARRAYS)
+    assert fields - {"histogram_noise"} <= stored
+    assert stored - fields == {"noise_mechanism", "noise_scale", "noise_json"}
+
+
+def test_new_report_fields_through_both_paths(api) -> None:
+    """Secure-aggregation scalars and a full noise declaration, JSON and packed, stored alike."""
+    api.post(f"{API}/runs", json=run_spec())
+    noise = {"mechanism": "gaussian", "scale": 2.0, "l2_sensitivity": 2.0, "epsilon": 1.0,
+             "delta": 1e-5, "releases_planned": 10, "release": 1}
+    body = report("c1", update_cosine_previous_global=-0.25, update_repeated=True, histogram_noise=noise,
+                  label_histogram=[3.0, -0.5, 2.0, 1.0])
+    assert api.post(REPORTS, json={"reports": [body]}).json()["accepted"] == 1
+    assert _post_packed(api, [body]).json()["duplicates"] == 1
+    stored = _history(api)[0]
+    assert stored["update_cosine_previous_global"] == -0.25 and stored["update_repeated"] is True
+    assert {k: v for k, v in stored["histogram_noise"].items() if v is not None} == noise
+    bad = _post_packed(api, [report("c2", update_cosine_previous_global=1.5)])
+    assert "update_cosine_previous_global must be in [-1, 1]" in bad.text
+    assert api.post(REPORTS, json={"reports": [report("c2", update_cosine_previous_global=1.5)]}).status_code == 422
