@@ -21,6 +21,9 @@ __all__ = [
     "free_riders",
     "nonfinite_rows",
     "update_streak",
+    "leave_one_out_cosine",
+    "cusum_low",
+    "identical_updates",
 ]
 
 MAD_TO_SD = 1.482602218505602
@@ -205,3 +208,104 @@ def divergence_score(
     drop = med - cos
     b = np.where(np.nan_to_num(drop, nan=-np.inf) >= cosine_min_drop, b, np.minimum(b, z_cap))
     return np.fmax(a, b)
+
+
+def leave_one_out_cosine(
+    sketch: np.ndarray, weights: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> np.ndarray:
+    r"""Cosine of each client's sketch to the weighted mean of the *other* clients' sketches.
+
+    .. math::
+
+        A_{-i} = \frac{\sum_{j \ne i} w_j s_j}{\sum_{j \ne i} w_j}, \qquad
+        c_i = \cos(s_i, A_{-i})
+
+    over the rows in ``mask`` with finite sketches (weights: ``num_examples``, 1 where
+    missing or not positive). The reference leaves the client out: in a non-IID
+    federation the updates are nearly orthogonal, so a client's own share of the
+    aggregate lifts its cosine to it (by about ``w_i ||s_i|| / (W ||A||)``), and a
+    crafted update drags the aggregate toward itself. NaN outside ``mask`` or with
+    fewer than two usable rows.
+    """
+    s = np.asarray(sketch, dtype=np.float64)
+    n = s.shape[0]
+    out = np.full(n, np.nan)
+    if s.ndim != 2 or s.shape[1] == 0:
+        return out
+    use = np.isfinite(s).all(axis=1)
+    if mask is not None:
+        use &= np.asarray(mask, dtype=bool)
+    if use.sum() < 2:
+        return out
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).copy()
+    w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
+    su, wu = s[use], w[use]
+    total = (wu[:, None] * su).sum(axis=0)
+    others = (total[None, :] - wu[:, None] * su) / (wu.sum() - wu)[:, None]
+    out[use] = rowwise_cosine(su, others)
+    return out
+
+
+def cusum_low(
+    evidence: np.ndarray, z: np.ndarray, allowance: float, observed: np.ndarray | None = None
+) -> np.ndarray:
+    r"""One-sided (lower) CUSUM of robust z-scores, per client: evidence that accumulates.
+
+    .. math:: S_t = \max\bigl(0,\ S_{t-1} - z_t - k\bigr)
+
+    (Page, "Continuous inspection schemes", Biometrika 1954; Montgomery, *Introduction
+    to Statistical Quality Control*, ch. 9). ``k = allowance``: rounds with
+    ``z > -k`` drain the evidence, so a healthy client whose cosine sits a little low
+    every round (its own data) does not build up, while one that sits far below the
+    round's spread round after round does, even when no single round is beyond a
+    per-round threshold. Where ``z`` is NaN or ``observed`` is False the evidence is kept.
+    """
+    e = np.asarray(evidence, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    seen = np.isfinite(z)
+    if observed is not None:
+        seen &= np.asarray(observed, dtype=bool)
+    step = np.maximum(0.0, e - np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=-1e6) - allowance)
+    return np.where(seen, np.minimum(step, 1e6), e)
+
+
+def identical_updates(
+    sketch: np.ndarray,
+    norm: np.ndarray,
+    mask: np.ndarray | None = None,
+    cosine_min: float = 0.999999,
+    norm_rtol: float = 1e-6,
+) -> np.ndarray:
+    r"""For each client, how many *other* clients sent the same update this round.
+
+    Same = sketch cosine ``>= cosine_min`` and ``| ||u_i|| / ||u_j|| - 1 | <= norm_rtol``
+    (the stale-update test, across clients instead of across rounds). Honest clients
+    train on different data and never send the same vector; colluding attackers that
+    craft one update from the honest ones (ALIE, IPM: :mod:`simulator.faults`) all send
+    it. Attackers who add a little noise each evade this test; the cosine evidence
+    (:func:`cusum_low`) remains. ``O(n^2 D)`` with one matrix product.
+    """
+    s = np.asarray(sketch, dtype=np.float64)
+    nm = np.asarray(norm, dtype=np.float64)
+    n = s.shape[0]
+    out = np.zeros(n, dtype=np.int64)
+    if s.ndim != 2 or s.shape[1] == 0 or n < 2:
+        return out
+    use = np.isfinite(s).all(axis=1) & np.isfinite(nm) & (nm > 0)
+    if mask is not None:
+        use &= np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(use)
+    if rows.size < 2:
+        return out
+    su = s[rows]
+    lens = np.linalg.norm(su, axis=1)
+    good = lens > 0
+    unit = np.where(good[:, None], su / np.where(good, lens, 1.0)[:, None], 0.0)
+    cos = unit @ unit.T
+    nr = nm[rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(nr[:, None] / nr[None, :] - 1.0)
+    same = (cos >= cosine_min) & (rel <= norm_rtol) & good[:, None] & good[None, :]
+    np.fill_diagonal(same, False)
+    out[rows] = same.sum(axis=1)
+    return out
