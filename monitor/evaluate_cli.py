@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from monitor.evaluation.grid import SEVERITY, Case, build_cases
+from monitor.evaluation.grid import CONDITIONS, SEVERITY, Case, build_cases, full_grid, quick_grid
 from monitor.evaluation.render import (
     print_table,
     render_markdown,
@@ -69,7 +69,26 @@ def _range(text: str) -> tuple[int, int]:
 @click.option(
     "--quick",
     is_flag=True,
-    help="A small grid for CI: every kind, alpha 0.5, seed 0, 20-25 clients, 20 rounds.",
+    help="A small grid for CI: every kind, several faults, healthy, alpha 0.5, seed 0, 20-25 clients, "
+    "20 rounds; dropout and healthy under half participation.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="The full grid (monitor.evaluation.grid.full_grid): conditions, 200 and 1,000 clients, "
+    "and held-out seeds; ~15 min with --jobs 2.",
+)
+@click.option(
+    "--condition",
+    type=click.Choice(sorted(CONDITIONS)),
+    default="full",
+    show_default=True,
+    help="Participation / noise / size condition of a custom grid.",
+)
+@click.option(
+    "--held-out-seeds",
+    default="",
+    help="Also run the grid on these seeds and report them apart (seeds not tuned on).",
 )
 @click.option(
     "--jobs",
@@ -93,6 +112,9 @@ def evaluate(
     onset: str,
     healthy: bool,
     quick: bool,
+    full: bool,
+    condition: str,
+    held_out_seeds: str,
     jobs: int,
     out: Path | None,
 ) -> None:
@@ -109,47 +131,68 @@ def evaluate(
         raise click.BadParameter(
             f"unknown fault kind(s) {', '.join(unknown)}; valid: {', '.join(graded)}"
         )
-    if quick:
-        alpha_list, seed_list, client_range, onset_range, rounds = [0.5], [0], (20, 25), (8, 10), 20
+    held: list[Case] = []
+    if full:
+        cases, held = full_grid(kind_list)
+        grid = (
+            f"full grid, {len(kind_list)} fault kinds + several faults + healthy: alpha {{0.1, 0.5, 100}} x "
+            "seeds {0, 1, 2} at full participation; alpha 0.5 seed 0 under partial participation "
+            "(0.5 and 0.3 with timeouts, 0.5 omitting) and local-DP histograms; 200 and 1,000 clients; "
+            "held out: seeds {3, 4}; 30 rounds, onset 8-15; logistic regression"
+        )
+    elif quick:
+        cases = quick_grid(kind_list)
+        grid = (
+            f"quick grid: {len(kind_list)} kinds + several + healthy, alpha 0.5, seed 0, 20 rounds"
+        )
     else:
         alpha_list, seed_list = _csv(float, alphas), _csv(int, seeds)
         client_range, onset_range = _range(clients), _range(onset)
-    if onset_range[1] > rounds:
-        raise click.BadParameter(f"onset {onset_range} is after the last round {rounds}")
-    cases = build_cases(
-        kind_list,
-        alpha_list,
-        seed_list,
-        rounds=rounds,
-        clients=client_range,
-        onset=onset_range,
-        healthy=healthy,
-    )
+        if onset_range[1] > rounds:
+            raise click.BadParameter(f"onset {onset_range} is after the last round {rounds}")
+        common = {"rounds": rounds, "clients": client_range, "onset": onset_range}
+        cases = build_cases(
+            kind_list, alpha_list, seed_list, healthy=healthy, condition=condition, **common
+        )
+        if held_out_seeds:
+            held = build_cases(
+                kind_list,
+                alpha_list,
+                _csv(int, held_out_seeds),
+                healthy=healthy,
+                condition=condition,
+                **common,
+            )
+        grid = (
+            f"{len(kind_list)} fault kinds x alpha {{{', '.join(f'{a:g}' for a in alpha_list)}}} x "
+            f"{len(seed_list)} seed(s){' + healthy runs' if healthy else ''}; {client_range[0]}-{client_range[1]} "
+            f"clients, {rounds} rounds, onset {onset_range[0]}-{onset_range[1]}, condition {condition}; "
+            "digits, logistic regression"
+        )
     console = Console(stderr=True)
     started = time.perf_counter()
-    raw = _run_with_progress(cases, jobs, console)
+    raw_all = _run_with_progress([*cases, *held], jobs, console)
     seconds = time.perf_counter() - started
+    raw, raw_held = raw_all[: len(cases)], raw_all[len(cases) :]
     runs = [result_from_dict(r["result"]) for r in raw]
+    held_runs = [result_from_dict(r["result"]) for r in raw_held]
     sums = summaries(runs, kind_list)
-    grid = (
-        f"{len(kind_list)} fault kinds x alpha {{{', '.join(f'{a:g}' for a in alpha_list)}}} x "
-        f"{len(seed_list)} seed(s){' + healthy runs' if healthy else ''}; {client_range[0]}-{client_range[1]} "
-        f"clients, {rounds} rounds, onset {onset_range[0]}-{onset_range[1]}; digits, logistic regression"
-    )
     meta = {
-        "runs": len(cases),
+        "runs": len(cases) + len(held),
         "grid": grid,
         "seconds": seconds,
         "jobs": jobs,
         "machine": f"{os.cpu_count()} CPU(s)",
-        "command": "fedsentinel evaluate" + (" --quick" if quick else ""),
+        "command": "fedsentinel evaluate"
+        + (" --full" if full else " --quick" if quick else "")
+        + (f" --jobs {jobs}" if jobs > 1 else ""),
     }
     print_table(sums, kind_list)
     md_path = (out / "evaluation.md") if out else Path("docs/evaluation.md")
     json_path = (out / "evaluation.json") if out else Path("bench/results/evaluation.json")
     png_path = (out / "evaluation.png") if out else Path("docs/evaluation.png")
-    write_markdown(md_path, render_markdown(sums, runs, meta, kind_list))
-    write_json(json_path, meta, sums, raw, kind_list)
+    write_markdown(md_path, render_markdown(sums, runs, meta, kind_list, held_runs))
+    write_json(json_path, meta, sums, raw_all, kind_list, runs, held_runs)
     write_plot(png_path, sums, kind_list)
     console.print(f"{len(cases)} runs in {seconds:.0f} s; wrote {md_path}, {json_path}, {png_path}")
 

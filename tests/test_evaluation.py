@@ -112,6 +112,59 @@ def test_federation_detection_and_fairness_cohort():
     assert r.false_alarms == 1
 
 
+def test_federation_false_alarms_alert_noise_and_a_federation_wide_fault_by_hand():
+    sev = lambda f, s: {**f, "severity": s}  # noqa: E731
+    truth = [
+        {"client_id": "c001", "fault": "sign_flip", "onset_round": 10},
+        {"client_id": "c002", "fault": "sign_flip", "onset_round": 10},
+    ]
+    findings = [
+        sev(finding("update_divergence", "c001", 10), "warning"),  # on the cause
+        sev(finding("performance_drift", "c001", 12), "warning"),  # after onset, not the cause
+        sev(finding("update_divergence", "c002", 11), "warning"),  # on the cause
+        sev(finding("straggler", "c004", 12), "info"),  # a healthy client: a false alarm, not noise
+        sev(finding("fairness_regression", None, 14), "warning"),  # pages: federation false alarm
+        sev(finding("global_divergence", None, 15), "info"),  # explained, does not page
+    ]
+    r = score_run(truth, findings, run_id="r", client_ids=CLIENTS, rounds=30)
+    assert r.healthy_run_rounds == 30
+    assert r.federation_false_alarms == 1
+    assert r.federation_false_alarms_by_kind == {"fairness_regression": 1}
+    # noise: 3 client findings on faulty clients after onset + 2 federation findings, per 2 faults
+    assert (r.findings_after_onset, r.findings_on_cause, r.injected_faults) == (5, 2, 2)
+    s = summarize([r], "sign_flip")
+    assert s.findings_per_fault == 2.5
+    assert s.federation_false_alarms_per_1000 == pytest.approx(1000 / 30)
+
+    # a federation-wide shift: one pair, found by one federation finding; client findings are noise
+    wide = [
+        {
+            "client_id": c,
+            "fault": "federation_covariate_shift",
+            "onset_round": 8,
+            "scope": "federation",
+            "fault_index": 0,
+        }
+        for c in CLIENTS
+    ]
+    findings = [
+        sev(finding("federation_drift", None, 9), "warning"),
+        sev(finding("feature_drift", "c003", 9), "warning"),
+    ]
+    r = score_run(wide, findings, run_id="w", client_ids=CLIENTS, rounds=30)
+    assert [(p.client_id, p.detected, p.delay_rounds) for p in r.pairs] == [("*", True, 1)]
+    assert r.healthy_run_rounds == 0 and r.federation_false_alarms == 0  # a federation-level fault
+    assert (r.findings_after_onset, r.findings_on_cause, r.injected_faults) == (2, 1, 1)
+    assert r.false_alarms == 0 and r.healthy_client_rounds == 10 * 7
+
+
+def test_partial_participation_counts_only_sampled_client_rounds():
+    truth = [{"client_id": "c001", "fault": "dropout", "onset_round": 5}]
+    sampled = {c: [1, 3, 5, 7] for c in CLIENTS}  # every client sampled in 4 of 10 rounds
+    r = score_run(truth, [], run_id="p", client_ids=CLIENTS, rounds=10, client_rounds=sampled)
+    assert r.healthy_client_rounds == 9 * 4 + 2  # c001: rounds 1 and 3 before onset
+
+
 def test_every_fault_kind_has_fitting_kinds():
     from monitor.detectors import KINDS
     from simulator.scenario import FAULT_KINDS

@@ -52,6 +52,25 @@ def _fetch_findings(url: str, run_id: str) -> list[dict[str, Any]]:
                 return items
 
 
+class _Recording:
+    """Passes everything to the SDK and notes which clients reported in which round."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.rounds: dict[str, list[int]] = {}
+
+    def register_run(self, spec: dict[str, Any]) -> None:
+        self.sink.register_run(spec)
+
+    def report(self, run_id: str, round: int, reports: list[dict[str, Any]]) -> None:
+        for r in reports:
+            self.rounds.setdefault(str(r["client_id"]), []).append(round)
+        self.sink.report(run_id, round, reports)
+
+    def close_round(self, run_id: str, round: int, summary: dict[str, Any]) -> None:
+        self.sink.close_round(run_id, round, summary)
+
+
 def run_case(case: Case) -> dict[str, Any]:
     """Simulate one case through a fresh in-process service and score it (a JSON-able dict)."""
     import torch
@@ -76,7 +95,8 @@ def run_case(case: Case) -> dict[str, Any]:
         )
         with ServerThread(settings) as url:
             with MonitorClient(url) as sdk:
-                result = run_scenario(scenario, sdk, progress=False)
+                seen = _Recording(sdk)
+                result = run_scenario(scenario, seen, progress=False)
             findings = _fetch_findings(url, scenario.run_id)
     scored = score_run(
         result.ground_truth,
@@ -86,6 +106,8 @@ def run_case(case: Case) -> dict[str, Any]:
         rounds=scenario.rounds,
         alpha=case.alpha,
         seed=case.seed,
+        condition=case.condition,
+        client_rounds=seen.rounds if scenario.sample_fraction < 1 else None,
     )
     return {
         "result": scored.to_dict(),

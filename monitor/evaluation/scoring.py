@@ -24,6 +24,20 @@ Definitions (docs/evaluation.md says why):
 * **Localisation precision** (faulty runs): of the clients flagged by a
   client-level finding of a kind fitting the run's fault, opened at or after
   onset, the share that are truly faulty.
+* A **federation-wide fault** (ground truth ``scope: federation``, every client
+  at once) is one pair, client ``*``, detected by a federation-level finding of a
+  fitting kind (:data:`FEDERATION_FITTING_KINDS`).
+* **Federation-level false alarms**: federation-level findings (``client_id``
+  None) of severity above ``info`` opened in a run with no federation-level fault
+  (:data:`FEDERATION_LEVEL_FAULTS`), per 1,000 such run-rounds. A finding that the
+  service explains by open client findings (``details.caused_by``) is ``info``
+  and does not page, so it does not count.
+* **Alert noise** (faulty runs): findings opened at or after the first onset on a
+  faulty client or at federation level (any severity), per injected fault
+  (faulty pair, a federation-wide fault counts once); ``on_cause`` of them are of
+  a fitting kind on a faulty client, or a fitting federation-level kind.
+* Under partial participation a client-round exists only where the client was
+  sampled: pass ``client_rounds`` (the rounds each client was reported in).
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from typing import Any
 __all__ = [
     "FITTING_KINDS",
     "FEDERATION_FITTING_KINDS",
+    "FEDERATION_LEVEL_FAULTS",
     "PairResult",
     "RunResult",
     "KindSummary",
@@ -85,8 +100,15 @@ FEDERATION_FITTING_KINDS: dict[str, frozenset[str]] = {
     "fairness_regression": frozenset({"fairness_regression"}),
     "exploding_update": frozenset({"global_divergence"}),
     "nonfinite_update": frozenset({"nonfinite_aggregate"}),
+    "federation_covariate_shift": frozenset({"federation_drift"}),
 }
 """Federation-level kinds that are a fitting (but unlocalised) sign of the fault."""
+
+FEDERATION_LEVEL_FAULTS = frozenset({"federation_covariate_shift", "fairness_regression"})
+"""Faults whose cause is at federation level (a federation finding for them is no false alarm)."""
+
+FEDERATION = "*"
+"""The client id of a federation-wide fault's one pair."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,16 @@ class RunResult:
     flagged_faulty: int = 0
     alpha: float | None = None
     seed: int | None = None
+    condition: str = "full"
+    """The grid condition (participation, noise, size) the run was made under."""
+    healthy_run_rounds: int = 0
+    """Rounds of a run with no federation-level fault (0 otherwise)."""
+    federation_false_alarms: int = 0
+    federation_false_alarms_by_kind: dict[str, int] = field(default_factory=dict)
+    findings_after_onset: int = 0
+    """Alert noise: findings opened at or after the first onset on a faulty client or at federation level."""
+    findings_on_cause: int = 0
+    injected_faults: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -135,14 +167,29 @@ class RunResult:
 
 
 def _client_rounds(
-    truth: Sequence[Mapping[str, Any]], client_ids: Iterable[str], rounds: int
+    truth: Sequence[Mapping[str, Any]],
+    client_ids: Iterable[str],
+    rounds: int,
+    client_rounds: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, int]:
-    """Healthy rounds per client: all rounds, or the rounds before the client's first onset."""
+    """Healthy rounds per client: its rounds (all, or those it was sampled in) before its first onset."""
     first_onset: dict[str, int] = {}
     for t in truth:
         c = str(t["client_id"])
         first_onset[c] = min(first_onset.get(c, rounds + 1), int(t["onset_round"]))
-    return {c: min(rounds, first_onset.get(c, rounds + 1) - 1) for c in client_ids}
+    if client_rounds is None:
+        return {c: min(rounds, first_onset.get(c, rounds + 1) - 1) for c in client_ids}
+    return {
+        c: sum(1 for r in client_rounds.get(c, ()) if r < first_onset.get(c, rounds + 1))
+        for c in client_ids
+    }
+
+
+def _pair(hits: list[tuple[int, str]], client: str, fault: str, onset: int) -> PairResult:
+    if hits:
+        rnd, kind = hits[0]
+        return PairResult(client, fault, onset, True, rnd, rnd - onset, kind)
+    return PairResult(client, fault, onset, False, None, None, None)
 
 
 def score_run(
@@ -154,21 +201,25 @@ def score_run(
     rounds: int,
     alpha: float | None = None,
     seed: int | None = None,
+    condition: str = "full",
+    client_rounds: Mapping[str, Sequence[int]] | None = None,
 ) -> RunResult:
     """Score one run.
 
-    ``truth``: ``{client_id, fault, onset_round, ...}`` per faulty pair (the
+    ``truth``: ``{client_id, fault, onset_round, scope?, ...}`` per faulty pair (the
     simulator's ground truth; empty for a healthy run). ``findings``: dicts
-    with ``kind``, ``client_id`` (None for federation-level) and
-    ``first_round`` (the query API's ``FindingOut``). ``client_ids``: every
-    client of the run; ``rounds``: rounds run (clients report every round).
+    with ``kind``, ``client_id`` (None for federation-level), ``first_round`` and
+    ``severity`` (the query API's ``FindingOut``). ``client_ids``: every
+    client of the run; ``rounds``: rounds run; ``client_rounds``: the rounds each
+    client reported in, when not every round (partial participation).
     """
-    healthy_rounds = _client_rounds(truth, client_ids, rounds)
+    healthy_rounds = _client_rounds(truth, client_ids, rounds, client_rounds)
     onset_of: dict[str, int] = {}
     for t in truth:
         c = str(t["client_id"])
         onset_of[c] = min(onset_of.get(c, rounds + 1), int(t["onset_round"]))
     faults = sorted({str(t["fault"]) for t in truth})
+    federation_fault = bool(FEDERATION_LEVEL_FAULTS & set(faults))
     result = RunResult(
         run_id=run_id,
         faults=faults,
@@ -177,6 +228,8 @@ def score_run(
         healthy_client_rounds=sum(healthy_rounds.values()),
         alpha=alpha,
         seed=seed,
+        condition=condition,
+        healthy_run_rounds=0 if federation_fault else rounds,
     )
     client_findings = [f for f in findings if f.get("client_id") is not None]
     fed_findings = [f for f in findings if f.get("client_id") is None]
@@ -191,8 +244,18 @@ def score_run(
     result.false_alarms_by_kind = dict(sorted(fa.items()))
     result.federation_findings = dict(sorted(Counter(str(f["kind"]) for f in fed_findings).items()))
 
-    # recall and delay per faulty pair
+    if not federation_fault:
+        paging = Counter(str(f["kind"]) for f in fed_findings if f.get("severity") != "info")
+        result.federation_false_alarms = sum(paging.values())
+        result.federation_false_alarms_by_kind = dict(sorted(paging.items()))
+
+    # recall and delay per faulty pair (a federation-wide fault: one pair, found at federation level)
+    client_truth = [t for t in truth if t.get("scope", "client") != "federation"]
+    federation_truth: dict[int, Mapping[str, Any]] = {}
     for t in truth:
+        if t.get("scope") == "federation":
+            federation_truth.setdefault(int(t.get("fault_index", 0)), t)
+    for t in client_truth:
         c, fault, onset = str(t["client_id"]), str(t["fault"]), int(t["onset_round"])
         fits = FITTING_KINDS.get(fault, frozenset())
         hits = sorted(
@@ -200,22 +263,33 @@ def score_run(
             for f in client_findings
             if str(f["client_id"]) == c and f["kind"] in fits and int(f["first_round"]) >= onset
         )
-        if hits:
-            rnd, kind = hits[0]
-            result.pairs.append(PairResult(c, fault, onset, True, rnd, rnd - onset, kind))
-        else:
-            result.pairs.append(PairResult(c, fault, onset, False, None, None, None))
+        result.pairs.append(_pair(hits, c, fault, onset))
+    for t in federation_truth.values():
+        fault, onset = str(t["fault"]), int(t["onset_round"])
+        fits = FEDERATION_FITTING_KINDS.get(fault, frozenset())
+        hits = sorted(
+            (int(f["first_round"]), str(f["kind"]))
+            for f in fed_findings
+            if f["kind"] in fits and int(f["first_round"]) >= onset
+        )
+        result.pairs.append(_pair(hits, FEDERATION, fault, onset))
 
     if truth:
-        onset = min(int(t["onset_round"]) for t in truth)
-        fits = frozenset().union(*(FITTING_KINDS.get(k, frozenset()) for k in faults))
+        _alert_noise(result, truth, client_findings, fed_findings, faults, onset_of)
+    if client_truth:
+        onset = min(int(t["onset_round"]) for t in client_truth)
+        fits = frozenset().union(
+            *(FITTING_KINDS.get(str(t["fault"]), frozenset()) for t in client_truth)
+        )
         flagged = {
             str(f["client_id"])
             for f in client_findings
             if f["kind"] in fits and int(f["first_round"]) >= onset
         }
         result.flagged_clients = sorted(flagged)
-        result.flagged_faulty = len(flagged & set(onset_of))
+        result.flagged_faulty = len(flagged & {str(t["client_id"]) for t in client_truth})
+    if truth:
+        onset = min(int(t["onset_round"]) for t in truth)
         fed_fits = frozenset().union(
             *(FEDERATION_FITTING_KINDS.get(k, frozenset()) for k in faults)
         )
@@ -226,6 +300,38 @@ def score_run(
         ]
         result.federation_detection_round = min(fed_rounds) if fed_rounds else None
     return result
+
+
+def _alert_noise(
+    result: RunResult,
+    truth: Sequence[Mapping[str, Any]],
+    client_findings: Sequence[Mapping[str, Any]],
+    fed_findings: Sequence[Mapping[str, Any]],
+    faults: Sequence[str],
+    onset_of: Mapping[str, int],
+) -> None:
+    """Findings opened per injected fault after its onset, and how many point at the cause."""
+    fits_of: dict[str, set[str]] = {str(t["client_id"]): set() for t in truth}
+    for t in truth:
+        if t.get("scope") == "federation":
+            continue  # one federation cause: a per-client finding does not name it
+        fits_of.setdefault(str(t["client_id"]), set()).update(
+            FITTING_KINDS.get(str(t["fault"]), frozenset())
+        )
+    first = min(int(t["onset_round"]) for t in truth)
+    fed_fits = frozenset().union(*(FEDERATION_FITTING_KINDS.get(k, frozenset()) for k in faults))
+    after = [
+        f
+        for f in client_findings
+        if str(f["client_id"]) in onset_of
+        and int(f["first_round"]) >= onset_of[str(f["client_id"])]
+    ]
+    fed_after = [f for f in fed_findings if int(f["first_round"]) >= first]
+    on_cause = sum(f["kind"] in fits_of[str(f["client_id"])] for f in after)
+    on_cause += sum(f["kind"] in fed_fits for f in fed_after)
+    result.findings_after_onset = len(after) + len(fed_after)
+    result.findings_on_cause = on_cause
+    result.injected_faults = len(result.pairs)
 
 
 @dataclass
@@ -251,6 +357,15 @@ class KindSummary:
     false_alarms_by_kind: dict[str, int]
     detected_by_kind: dict[str, int]
     recall_by_alpha: dict[str, float]
+    healthy_run_rounds: int = 0
+    federation_false_alarms: int = 0
+    federation_false_alarms_per_1000: float = math.nan
+    federation_false_alarms_by_kind: dict[str, int] = field(default_factory=dict)
+    injected_faults: int = 0
+    findings_after_onset: int = 0
+    findings_on_cause: int = 0
+    findings_per_fault: float = math.nan
+    """Alert noise: findings opened after onset per injected fault."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,9 +385,14 @@ def summarize(results: Sequence[RunResult], label: str) -> KindSummary:
     flagged_faulty = sum(r.flagged_faulty for r in results)
     fed: Counter[str] = Counter()
     fa_kind: Counter[str] = Counter()
+    fed_fa: Counter[str] = Counter()
     for r in results:
         fed.update(r.federation_findings)
         fa_kind.update(r.false_alarms_by_kind)
+        fed_fa.update(r.federation_false_alarms_by_kind)
+    hrr = sum(r.healthy_run_rounds for r in results)
+    injected = sum(r.injected_faults for r in results)
+    after = sum(r.findings_after_onset for r in results)
     by_alpha: dict[str, list[bool]] = {}
     for r in results:
         by_alpha.setdefault(f"{r.alpha:g}" if r.alpha is not None else "-", []).extend(
@@ -297,6 +417,14 @@ def summarize(results: Sequence[RunResult], label: str) -> KindSummary:
         false_alarms_by_kind=dict(sorted(fa_kind.items())),
         detected_by_kind=dict(sorted(Counter(p.kind for p in pairs if p.kind).items())),
         recall_by_alpha={k: _ratio(sum(v), len(v)) for k, v in by_alpha.items() if v},
+        healthy_run_rounds=hrr,
+        federation_false_alarms=sum(fed_fa.values()),
+        federation_false_alarms_per_1000=_ratio(1000.0 * sum(fed_fa.values()), hrr),
+        federation_false_alarms_by_kind=dict(sorted(fed_fa.items())),
+        injected_faults=injected,
+        findings_after_onset=after,
+        findings_on_cause=sum(r.findings_on_cause for r in results),
+        findings_per_fault=_ratio(after, injected),
     )
 
 

@@ -15,6 +15,9 @@ __all__ = [
     "window_slope",
     "fairness_regression",
     "federation_benefit",
+    "worst_fraction_noise_sd",
+    "series_noise_sd",
+    "change_noise_sd",
 ]
 
 FAIRNESS_KEYS = (
@@ -138,3 +141,65 @@ def federation_benefit(eval_accuracy: np.ndarray, local_accuracy: np.ndarray) ->
     return np.asarray(eval_accuracy, dtype=np.float64) - np.asarray(
         local_accuracy, dtype=np.float64
     )
+
+
+def worst_fraction_noise_sd(
+    accuracy: np.ndarray, eval_examples: np.ndarray, fraction: float = 0.1
+) -> float:
+    r"""Sampling noise (sd) of the worst-fraction mean accuracy from the clients' evaluation-set sizes.
+
+    A client's accuracy on ``n_i`` held-out examples is a binomial proportion: its sd
+    is ``sqrt(p_i (1 - p_i) / n_i)``. Over the ``k = ceil(fraction * K)`` worst clients
+
+    .. math:: \sigma_W = \frac{1}{k} \sqrt{\sum_{i \in W} \frac{\tilde p_i (1 - \tilde p_i)}{n_i}},
+              \qquad \tilde p_i = \frac{p_i n_i + 1}{n_i + 2}
+
+    (the Laplace-smoothed proportion, so a client at 0% or 100% still has noise).
+    Clients without a positive ``n_i`` are left out of the sum but still count in
+    ``k``'s ranking; NaN when none of the worst has one.
+    """
+    a = np.asarray(accuracy, dtype=np.float64)
+    n = np.asarray(eval_examples, dtype=np.float64)
+    ok = np.isfinite(a)
+    if not ok.any():
+        return math.nan
+    a, n = a[ok], n[ok]
+    k = max(1, math.ceil(fraction * a.size))
+    worst = np.argsort(a, kind="stable")[:k]
+    aw, nw = a[worst], n[worst]
+    have = np.isfinite(nw) & (nw > 0)
+    if not have.any():
+        return math.nan
+    p = (aw[have] * nw[have] + 1.0) / (nw[have] + 2.0)
+    return float(math.sqrt((p * (1.0 - p) / nw[have]).sum()) / k)
+
+
+def series_noise_sd(y: np.ndarray) -> float:
+    r"""Round-to-round noise (sd) of a series, robust to its trend: ``1.4826 MAD(diff y) / sqrt 2``.
+
+    For ``y_t = m_t + e_t`` with a slowly moving ``m`` and independent ``e_t`` of sd
+    ``sigma``, ``y_t - y_{t-1}`` has sd ``sqrt(2) sigma``; the MAD ignores the rounds
+    where something really changed. NaN with fewer than 4 finite values.
+    """
+    v = np.asarray(y, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 4:
+        return math.nan
+    d = np.diff(v)
+    return float(1.482602218505602 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
+
+
+def change_noise_sd(sigma: float, window: int) -> float:
+    r"""Sd of :func:`fairness_regression`'s fitted change when each round carries noise of sd ``sigma``.
+
+    The change is the least-squares slope times ``w - 1``; with independent noise,
+    ``Var(slope) = sigma^2 / sum_t (t - t_bar)^2``, so
+
+    .. math:: \operatorname{sd} = \frac{(w - 1)\,\sigma}{\sqrt{\sum_t (t - \bar t)^2}}
+              = (w - 1)\,\sigma \sqrt{\frac{12}{w (w^2 - 1)}}
+
+    (1.26 sigma for w = 5). NaN for ``w < 2`` or a NaN ``sigma``.
+    """
+    if window < 2 or not math.isfinite(sigma):
+        return math.nan
+    return float((window - 1) * sigma * math.sqrt(12.0 / (window * (window**2 - 1))))

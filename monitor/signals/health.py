@@ -6,7 +6,13 @@ import math
 
 import numpy as np
 
-__all__ = ["stagnation", "loss_jump_ratio", "nonfinite_aggregate", "centralized_gap"]
+__all__ = [
+    "stagnation",
+    "converged",
+    "loss_jump_ratio",
+    "nonfinite_aggregate",
+    "centralized_gap",
+]
 
 
 def stagnation(loss_history: np.ndarray, window: int = 10) -> float:
@@ -27,6 +33,36 @@ def stagnation(loss_history: np.ndarray, window: int = 10) -> float:
     if before == 0:
         return 0.0 if recent >= 0 else math.inf
     return float((before - recent) / abs(before))
+
+
+def converged(
+    loss_history: np.ndarray,
+    norm_history: np.ndarray,
+    window: int = 10,
+    *,
+    min_loss_gain: float = 0.2,
+    max_norm_ratio: float = 0.5,
+) -> bool:
+    r"""Whether a run whose loss went flat has *converged* rather than got *stuck*.
+
+    Converged: the model learned (its best loss is at least ``min_loss_gain`` below
+    the first round's, relatively) and its updates are settling (the median
+    aggregate update norm of the last ``window`` rounds is at most
+    ``max_norm_ratio`` x that of the first ``window`` rounds). A stuck run has flat
+    loss *without* having learned, or keeps taking steps as large as at the start
+    while the loss no longer moves (oscillation, a learning rate too large, a
+    broken aggregate). ``False`` when either history is too short to tell.
+    """
+    y = np.asarray(loss_history, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    u = np.asarray(norm_history, dtype=np.float64)
+    u = u[np.isfinite(u)]
+    if y.size < 2 or u.size < 2 * window or y[0] <= 0:
+        return False
+    learned = (y[0] - y.min()) / y[0] >= min_loss_gain
+    early, recent = float(np.median(u[:window])), float(np.median(u[-window:]))
+    settling = early > 0 and recent <= max_norm_ratio * early
+    return bool(learned and settling)
 
 
 def loss_jump_ratio(loss: float, loss_history: np.ndarray, lookback: int = 5) -> float:

@@ -15,6 +15,7 @@ __all__ = [
     "dropout_streaks",
     "straggler_z",
     "wall_time_ratio",
+    "absence_p_value",
 ]
 
 STATUSES = ("ok", "failed", "dropped", "timeout")
@@ -75,3 +76,23 @@ def wall_time_ratio(wall_time_seconds: np.ndarray, mask: np.ndarray | None = Non
     with np.errstate(divide="ignore", invalid="ignore"):
         out[m] = t[m] / med
     return out
+
+
+def absence_p_value(rounds_unseen: np.ndarray, sample_rate: float) -> np.ndarray:
+    r"""Chance that a healthy client is missing ``n`` rounds in a row only because it was not sampled.
+
+    With each round sampling a share ``q`` of the clients independently of the past,
+    a client that would answer whenever sampled is absent ``n`` consecutive rounds
+    with probability
+
+    .. math:: P(n) = (1 - q)^n
+
+    This is what is left when the server reports only the clients that answered: a
+    small ``P`` says the absence is not the sampling. 1 for ``n <= 0``; NaN for a
+    ``q`` outside ``(0, 1]``.
+    """
+    n = np.asarray(rounds_unseen, dtype=np.float64)
+    if not 0 < sample_rate <= 1 or not math.isfinite(sample_rate):
+        return np.full(n.shape, np.nan)
+    with np.errstate(divide="ignore"):
+        return np.where(n <= 0, 1.0, np.power(1.0 - sample_rate, np.maximum(n, 0.0)))

@@ -85,3 +85,63 @@ def test_divergence_score_needs_a_material_effect():
     )
     np.testing.assert_array_equal(plain, np.fmax(np.abs(z_norm), -z_cos))
     assert np.isnan(dv.divergence_score(*(np.array([np.nan]),) * 4, z_cap=3.5)).all()
+
+
+def test_leave_one_out_cosine_matches_brute_force():
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(12, 8))
+    w = rng.integers(1, 50, size=12).astype(float)
+    mask = np.ones(12, dtype=bool)
+    mask[3] = False
+    s[5, 2] = np.nan  # not usable: neither scored nor part of anyone's reference
+    got = dv.leave_one_out_cosine(s, w, mask)
+    use = [i for i in range(12) if i not in (3, 5)]
+    for i in range(12):
+        if i not in use:
+            assert np.isnan(got[i])
+            continue
+        others = [j for j in use if j != i]
+        ref = (w[others, None] * s[others]).sum(axis=0) / w[others].sum()
+        assert got[i] == pytest.approx(1 - cosine(s[i], ref), abs=1e-12)
+    # a client's own share no longer lifts its cosine: an update orthogonal to the rest scores ~0
+    t = np.zeros((4, 3))
+    t[0] = [10.0, 0, 0]
+    t[1:] = [0, 1.0, 0]
+    assert dv.leave_one_out_cosine(t)[0] == pytest.approx(0.0)
+    assert dv.cosine_to(t[:1], t.mean(axis=0))[0] > 0.9
+    assert np.isnan(dv.leave_one_out_cosine(s[:1])).all()
+
+
+def test_cusum_low_accumulates_persistent_low_scores_only():
+    e = np.zeros(3)
+    # client 0 far below every round, client 1 a little below (within the allowance), 2 unobserved
+    for _ in range(4):
+        e = dv.cusum_low(e, np.array([-3.0, -1.0, np.nan]), allowance=1.5)
+    assert e.tolist() == [6.0, 0.0, 0.0]
+    # a good round drains the evidence, never below zero
+    e = dv.cusum_low(
+        e, np.array([2.0, 5.0, -9.0]), allowance=1.5, observed=np.array([1, 1, 0], bool)
+    )
+    assert e.tolist() == [2.5, 0.0, 0.0]
+    # reference: Page's recursion written out
+    z = np.random.default_rng(2).normal(-1, 2, size=40)
+    s, ref = np.zeros(1), 0.0
+    for x in z:
+        s = dv.cusum_low(s, np.array([x]), allowance=0.5)
+        ref = max(0.0, ref - x - 0.5)
+        assert s[0] == pytest.approx(ref)
+
+
+def test_identical_updates_counts_other_senders_of_the_same_vector():
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(6, 16))
+    s[4] = s[1]
+    s[5] = s[1] * (1 + 1e-9)  # same vector up to float noise
+    s[2] = s[0] * 2.0  # same direction, other norm: not the same update
+    norm = np.linalg.norm(s, axis=1) * 3.0  # norms of the full update, not of the sketch
+    got = dv.identical_updates(s, norm)
+    assert got.tolist() == [0, 2, 0, 0, 2, 2]
+    mask = np.ones(6, dtype=bool)
+    mask[5] = False
+    assert dv.identical_updates(s, norm, mask).tolist() == [0, 1, 0, 0, 1, 0]
+    assert dv.identical_updates(s[:1], norm[:1]).tolist() == [0]

@@ -48,3 +48,37 @@ def test_regression_and_benefit():
     m, w = fa.fairness_regression(mean, worst)
     assert m == pytest.approx(0.04) and w == pytest.approx(-0.08)
     np.testing.assert_allclose(fa.federation_benefit([0.8, 0.5], [0.7, np.nan]), [0.1, np.nan])
+
+
+def test_worst_fraction_noise_sd_matches_binomial_simulation():
+    from monitor.signals.fairness import worst_fraction_noise_sd
+
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.5, 0.95, size=40)
+    n = rng.integers(8, 30, size=40)
+    k = 4  # ceil(0.1 * 40)
+    worst = np.argsort(p)[:k]
+    got = worst_fraction_noise_sd(p, n, 0.1)
+    # the same k clients, their accuracies redrawn as binomial proportions
+    draws = rng.binomial(n[worst], p[worst], size=(200_000, k)) / n[worst]
+    smoothed = (p[worst] * n[worst] + 1) / (n[worst] + 2)
+    exact = np.sqrt((smoothed * (1 - smoothed) / n[worst]).sum()) / k
+    assert got == pytest.approx(exact)
+    assert got == pytest.approx(draws.mean(axis=1).std(), rel=0.05)  # smoothing moves it a little
+    assert np.isnan(worst_fraction_noise_sd(p, np.zeros(40), 0.1))
+    assert worst_fraction_noise_sd(np.array([1.0, 0.0]), np.array([10, 10]), 0.5) > 0
+
+
+def test_series_noise_and_change_noise_sd():
+    from monitor.signals.fairness import change_noise_sd, fairness_regression, series_noise_sd
+
+    rng = np.random.default_rng(6)
+    y = 0.5 + 0.01 * np.arange(400) + rng.normal(0, 0.03, 400)  # a trend plus noise of sd 0.03
+    assert series_noise_sd(y) == pytest.approx(0.03, rel=0.15)
+    assert np.isnan(series_noise_sd(np.array([1.0, 2.0])))
+    # the fitted change over a window of pure noise has the sd the formula says
+    w, sigma = 5, 0.04
+    changes = [fairness_regression(np.zeros(w), rng.normal(0, sigma, w))[1] for _ in range(20_000)]
+    assert change_noise_sd(sigma, w) == pytest.approx(np.std(changes), rel=0.03)
+    assert change_noise_sd(sigma, w) == pytest.approx(1.2649 * sigma, rel=1e-3)
+    assert np.isnan(change_noise_sd(sigma, 1))

@@ -75,3 +75,30 @@ def test_epsilon_equals_stepwise_accountant():
     assert privacy.dp_fedavg_epsilon(1.0, 0.1, 0, 1e-5) == 0.0
     assert privacy.dp_fedavg_epsilon(0.0, 0.1, 3, 1e-5) == math.inf
     assert privacy.budget_share(4.0, 8.0) == 0.5 and math.isnan(privacy.budget_share(4.0, None))
+
+
+def test_converged_tells_a_settled_run_from_a_stuck_one():
+    t = np.arange(30, dtype=float)
+    settled_loss = 0.5 + 1.5 * np.exp(-t / 2.5)  # learned, then flat
+    shrinking = 0.6 * np.exp(-t / 10)
+    assert health.converged(settled_loss, shrinking, 10)
+    # flat from the start: never learned
+    assert not health.converged(np.full(30, 2.0), shrinking, 10)
+    # learned, but still taking steps as large as at the start (oscillating, not settling)
+    assert not health.converged(settled_loss, np.full(30, 0.6), 10)
+    assert not health.converged(settled_loss, shrinking[:15], 10)  # too short to tell
+    # consistent with stagnation: the settled run does stagnate
+    assert health.stagnation(settled_loss, 10) < 0.005
+
+
+def test_absence_p_value_is_the_sampling_chance():
+    p = participation.absence_p_value(np.array([0, 1, 10, 20]), 0.3)
+    np.testing.assert_allclose(p, [1.0, 0.7, 0.7**10, 0.7**20])
+    # against a simulation of independent sampling
+    rng = np.random.default_rng(0)
+    runs = rng.random((200_000, 6)) < 0.5
+    assert (~runs).all(axis=1).mean() == pytest.approx(
+        participation.absence_p_value(np.array([6]), 0.5)[0], rel=0.05
+    )
+    assert np.isnan(participation.absence_p_value(np.array([3]), 0.0)).all()
+    assert participation.absence_p_value(np.array([5]), 1.0)[0] == 0.0
