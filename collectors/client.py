@@ -9,6 +9,10 @@ service is known to be down, calls go straight to the spool and the service is
 probed again every ``probe_interval_seconds``, so training never waits on it.
 A 4xx answer is a problem with the data and raises :class:`MonitorError` at
 once (during a replay, the record is set aside in the spool's rejected file).
+
+``flush(timeout=...)`` keeps replaying the spool until it is empty or the time
+is up and answers how many records are left; it never raises because the
+service went away again, so callers need no retry loop of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,6 +129,18 @@ class ServiceUnavailable(MonitorError):
     """Retries were exhausted on connection errors or 5xx answers."""
 
 
+@dataclass(frozen=True)
+class FlushResult:
+    """What :meth:`MonitorClient.flush` did: records sent, records still in the spool."""
+
+    sent: int
+    left: int
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+
 class MonitorClient:
     def __init__(
         self,
@@ -168,6 +186,7 @@ class MonitorClient:
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_max_seconds = backoff_max_seconds
         self.spooled = 0
+        self.timeout_seconds = timeout_seconds
         self.probe_interval_seconds = probe_interval_seconds
         self._unreachable_at: float | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsentinel-encode")
@@ -217,8 +236,10 @@ class MonitorClient:
             return encode_packed_reports(record["body"], self._packed_dtype)
         return encode_body(record["body"])
 
-    def send_record(self, record: dict[str, Any], payload: bytes | None = None) -> httpx.Response:
-        """Send one record now (with retries); raise on failure."""
+    def send_record(
+        self, record: dict[str, Any], payload: bytes | None = None, deadline: float | None = None
+    ) -> httpx.Response:
+        """Send one record now (with retries, none begun after ``deadline``); raise on failure."""
         op, run_id = record["op"], record["run_id"]
         if op == "register_run":
             path = f"{API}/runs"
@@ -227,26 +248,57 @@ class MonitorClient:
         else:
             path = f"{API}/runs/{run_id}/rounds/{record['round']}/close"
         packed = op == "report" and self.encoding == "packed"
-        return self._post_with_retries(
-            path, payload or self._encode(record), PACKED_HEADERS if packed else JSON_HEADERS
-        )
+        headers = PACKED_HEADERS if packed else JSON_HEADERS
+        return self._post_with_retries(path, payload or self._encode(record), headers, deadline)
 
-    def flush(self) -> int:
-        """Replay the spool in order; return how many records went out.
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Replay the spool in order until it is empty or ``timeout`` seconds have passed.
 
-        A record the service refuses (4xx) is moved to the spool's rejected
-        file instead of blocking the records behind it.
+        ``timeout=None`` makes one pass (each record with its usual retries).
+        With a timeout the spool is retried, with backoff, while the service is
+        unreachable, so a service that dies again mid-replay costs a wait, not
+        an exception. Returns what was sent and how many records are left; the
+        spool keeps the rest for the next call. A record the service refuses
+        (4xx) is moved to the spool's rejected file instead of blocking the
+        records behind it.
         """
+        if self.spool is None:
+            return FlushResult(0, 0)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sent, attempt = [0], 0
+
+        def count() -> None:
+            sent[0] += 1
+
+        while not self.spool.is_empty():
+            try:
+                self._drain(deadline, on_sent=count)
+            except ServiceUnavailable as exc:
+                self._unreachable_at = time.monotonic()
+                remaining = 0.0 if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("flush: service unavailable (%s); %d left", exc, self.pending())
+                    break
+                time.sleep(min(remaining, self._backoff(attempt)))
+                attempt += 1
+        return FlushResult(sent[0], self.pending())
+
+    def _drain(
+        self, deadline: float | None = None, on_sent: Callable[[], None] | None = None
+    ) -> int:
+        """One pass over the spool; raises :class:`ServiceUnavailable` where it stopped."""
         if self.spool is None or self.spool.is_empty():
             return 0
 
         def send(record: dict[str, Any]) -> None:
             try:
-                self.send_record(record)
+                self.send_record(record, deadline=deadline)
             except ServiceUnavailable:
                 raise
             except MonitorError as exc:
                 raise Rejected(str(exc)) from exc
+            if on_sent is not None:
+                on_sent()
 
         sent = self.spool.drain(send)
         self._unreachable_at = None
@@ -265,7 +317,7 @@ class MonitorClient:
             self.spooled += 1
             return
         try:
-            self.flush()
+            self._drain()
             self.send_record(record, payload)
         except ServiceUnavailable as exc:
             self._unreachable_at = time.monotonic()
@@ -281,18 +333,37 @@ class MonitorClient:
             and time.monotonic() - self._unreachable_at < self.probe_interval_seconds
         )
 
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: ``base * 2**attempt``, capped, times 0.5-1."""
+        delay = min(self.backoff_max_seconds, self.backoff_base_seconds * 2**attempt)
+        return delay * (0.5 + random.random() / 2)
+
     def _post_with_retries(
-        self, path: str, payload: bytes, headers: dict[str, str] = JSON_HEADERS
+        self,
+        path: str,
+        payload: bytes,
+        headers: dict[str, str] = JSON_HEADERS,
+        deadline: float | None = None,
     ) -> httpx.Response:
         last_error = "no attempt"
+        attempts = 0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                delay = min(
-                    self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1)
-                )
-                time.sleep(delay * (0.5 + random.random() / 2))
+                pause = self._backoff(attempt - 1)
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                time.sleep(pause)
+            timeout = self.timeout_seconds
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if attempt and remaining <= 0:
+                    break
+                timeout = max(0.1, min(timeout, remaining))  # no request outlives the deadline
+            attempts += 1
             try:
-                response = self._http.post(path, content=payload, headers=headers)
+                response = self._http.post(
+                    path, content=payload, headers=headers, timeout=timeout
+                )
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue
@@ -305,9 +376,7 @@ class MonitorClient:
                     response.status_code,
                 )
             return response
-        raise ServiceUnavailable(
-            f"POST {path} failed after {self.max_retries + 1} attempts: {last_error}"
-        )
+        raise ServiceUnavailable(f"POST {path} failed after {attempts} attempts: {last_error}")
 
     def close(self) -> None:
         self._encoder.shutdown(wait=True)

@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import prometheus_client
-from fastapi import FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from monitor import __version__
 from monitor.api import alerts, pages, queries, reports, runs
-from monitor.api.deps import MetricsAccess
-from monitor.api.limits import BodySizeLimit
+from monitor.api.deps import MetricsAccess, require
+from monitor.api.errors import error_responses, install_error_handlers
+from monitor.api.limits import BodyGate
+from monitor.api.openapi import install_openapi
 from monitor.api.reports import RunConfigCache
 from monitor.engine import Engine
-from monitor.errors import Conflict, InvalidInput, NotFound
 from monitor.exporter import metrics_registry
 from monitor.notifier import notifier_from_settings
-from monitor.settings import Settings
+from monitor.settings import Scope, Settings
 from monitor.store import Store
 from monitor.telemetry import RequestTimer, Telemetry
 
@@ -35,54 +33,17 @@ API_PREFIX = "/api/v1"
 prometheus_client.disable_created_metrics()
 
 
-def _error_handlers(app: FastAPI) -> None:
-    def handler(code: int) -> Callable:
-        async def handle(_request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=code)
-
-        return handle
-
-    app.add_exception_handler(NotFound, handler(status.HTTP_404_NOT_FOUND))
-    app.add_exception_handler(Conflict, handler(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(InvalidInput, handler(422))
-
-    async def store_error(request: Request, exc: Exception) -> JSONResponse:
-        request.app.state.telemetry.store_errors.inc()
-        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": "the store is unavailable; nothing was committed, retry later"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
-
-    app.add_exception_handler(DBAPIError, store_error)
-    app.add_exception_handler(SQLAlchemyTimeoutError, store_error)  # connection pool exhausted
-
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
-
-    app.add_exception_handler(RequestValidationError, invalid_request)
+_WEBHOOK_PATH = f"{API_PREFIX}/alerts/webhook"
+_write_access = require(Scope.write)
 
 
-def _json_safe(value: object) -> object:
-    """NaN/Infinity as strings (JSON has no such numbers), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _plain_error(error: dict) -> dict:
-    """A validation error fit for JSON: no huge echoed inputs, no NaN, no exception objects."""
-    out = {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
-    raw = error.get("input")
-    if raw is not None and len(repr(raw)) <= 200:
-        out["input"] = _json_safe(raw)
-    return out
+def _may_send_a_body(request: Request) -> None:
+    """Checked before any body is read: every route that takes a body needs write access
+    (the alert webhook: its token or write access). Raises the route's own 401/403."""
+    if request.url.path == _WEBHOOK_PATH:
+        alerts.webhook_access(request)
+    else:
+        _write_access(request)
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -133,12 +94,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.telemetry.registry, lambda: app.state.store, settings
     )
     app.state.on_round_closed = lambda run_id, round_number: None
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGate,
+        max_bytes=settings.max_body_bytes,
+        large_bytes=settings.large_body_bytes,
+        max_large=settings.max_concurrent_large_uploads,
+        slot_wait_seconds=settings.upload_slot_wait_seconds,
+        authorize=_may_send_a_body,
+    )
     app.add_middleware(RequestTimer, telemetry=app.state.telemetry)
-    _error_handlers(app)
+    install_error_handlers(app)
     for router in (runs.router, reports.router, queries.router, alerts.router, pages.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=error_responses(401, 403, 422, 503))
     app.include_router(pages.index_router)
+    install_openapi(app, settings)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, str]:

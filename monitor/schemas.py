@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -43,12 +44,29 @@ MAX_BINS = 1_000
 MAX_SKETCH_DIM = 4_096
 
 
+MAX_BIN_COUNT = 1e15
+"""Histogram bins are counts (noised counts may be negative). A bin beyond 10^15 examples is not a
+count, and bins near the float maximum (8e306) sum to infinity and turn every drift score into NaN,
+hiding the drift: such bins get 422 naming the bin. Pooled over 10,000 classes and 10 million
+clients the sums stay far below the float maximum."""
+MAX_EDGE_ABS = 1e100
+"""Bin edges lie within +-10^100, so bin widths, means and variances over them stay finite."""
+MAX_WALL_TIME_SECONDS = 1e9
+"""About 31 years: a wall time beyond this is not a measurement, and sums over rounds would overflow."""
+MAX_NOISE_SCALE = 1e100
+"""The declared noise scale is squared into variances; bounded so they stay finite."""
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 """A float that rejects NaN and infinities (checked in pydantic-core, no Python call per value)."""
 NonNegFloat = Annotated[float, Field(allow_inf_nan=False, ge=0)]
 Ratio = Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]
-AnyFloat = float
-"""A float that may be NaN or infinite: only for values where that is evidence of a fault."""
+BinCount = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_BIN_COUNT, le=MAX_BIN_COUNT)]
+BinEdge = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_EDGE_ABS, le=MAX_EDGE_ABS)]
+NON_FINITE_SCHEMA = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+AnyFloat = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number"}, NON_FINITE_SCHEMA]})]
+"""A float that may be NaN or infinite: only for values where that is evidence of a fault.
+JSON has no such numbers: they travel as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+(the JSON tokens ``NaN``/``Infinity`` are also read), and the OpenAPI schema says so."""
 
 
 class WireModel(BaseModel):
@@ -80,7 +98,9 @@ class HistogramNoise(WireModel):
     """
 
     mechanism: NoiseMechanism
-    scale: NonNegFloat = Field(description="Laplace b or Gaussian sigma, in counts")
+    scale: Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_NOISE_SCALE)] = Field(
+        description="Laplace b or Gaussian sigma, in counts"
+    )
     l2_sensitivity: NonNegFloat | None = Field(
         default=None, description="The L2 sensitivity the client calibrated with (sqrt(2H))."
     )
@@ -145,7 +165,7 @@ class RunCreate(WireModel):
     run_id: Identifier
     name: str | None = Field(default=None, max_length=256)
     task: TaskSpec
-    feature_bin_edges: list[list[FiniteFloat]] = Field(
+    feature_bin_edges: list[list[BinEdge]] = Field(
         default_factory=list,
         description="Per feature, strictly increasing bin edges shared by every client.",
     )
@@ -172,7 +192,7 @@ class RunCreate(WireModel):
     thresholds: dict[str, FiniteFloat] = Field(
         default_factory=dict, description="Per-run overrides of signal thresholds."
     )
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    metadata: dict[str, str | int | FiniteFloat | bool | None] = Field(default_factory=dict)
 
     @field_validator("thresholds", "metadata")
     @classmethod
@@ -213,7 +233,9 @@ class ClientReport(WireModel):
     local_accuracy: Ratio | None = Field(
         default=None, description="Accuracy of the client's local-only baseline model, if any."
     )
-    wall_time_seconds: NonNegFloat | None = None
+    wall_time_seconds: Annotated[
+        float, Field(allow_inf_nan=False, ge=0, le=MAX_WALL_TIME_SECONDS)
+    ] | None = None
     update_norm: AnyFloat | None = None
     update_sketch: list[AnyFloat] | None = None
     update_cosine_previous_global: AnyFloat | None = Field(
@@ -224,8 +246,8 @@ class ClientReport(WireModel):
         default=None,
         description="Client-side (secure aggregation): the update repeats the client's previous one.",
     )
-    label_histogram: list[FiniteFloat] | None = None
-    feature_histograms: list[list[FiniteFloat]] | None = None
+    label_histogram: list[BinCount] | None = None
+    feature_histograms: list[list[BinCount]] | None = None
     histogram_noise: HistogramNoise | None = None
     clipped: bool | None = None
 
@@ -375,8 +397,22 @@ class FindingOut(WireModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class FieldError(WireModel):
+    """One offending field of a refused request."""
+
+    loc: list[str | int] = Field(description="Where: ['body', 'reports', 0, 'label_histogram', 3].")
+    msg: str
+    type: str
+    input: Any = Field(default=None, description="The refused value, when it is short.")
+
+
 class ErrorOut(WireModel):
-    detail: Any
+    """The body of every 4xx and 5xx answer (monitor/api/errors.py)."""
+
+    detail: str = Field(description="What is wrong, in one sentence.")
+    errors: list[FieldError] = Field(
+        default_factory=list, description="The offending fields (422), first 50; empty otherwise."
+    )
 
 
 def validate_report_against_run(report: ClientReport, run: RunCreate) -> None:

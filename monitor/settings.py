@@ -43,6 +43,31 @@ class Settings(BaseSettings):
         description='JSON object {"key": ["read", "write"]}; empty = open service (local demo).',
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    large_body_bytes: int = Field(
+        default=1024 * 1024, ge=0,
+        description="Bodies over this size (or of undeclared size) need one of the upload slots.",
+    )
+    max_concurrent_large_uploads: int = Field(
+        default=4, ge=1,
+        description="Large bodies read and parsed at once per worker; more wait for a slot.",
+    )
+    upload_slot_wait_seconds: float = Field(
+        default=10.0, ge=0,
+        description="How long a large upload waits for a slot before it gets 503 + Retry-After.",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="uvicorn: an idle keep-alive connection is closed after this."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="A connection whose request line and headers are not complete this long after "
+        "it opened (or after its previous answer) is closed: slow-header clients cannot hold it.",
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1,
+        description="uvicorn limit_concurrency: beyond this many connections/tasks a worker answers "
+        "503; none by default (put a reverse proxy in front for that).",
+    )
     max_reports_per_request: int = Field(default=20_000, ge=1)
     page_size_max: int = Field(default=1000, ge=1)
     log_level: str = "info"

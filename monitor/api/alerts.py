@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from monitor.api.deps import Paging, ReadAccess, _presented_key, get_store, read_session, require
+from monitor.api.errors import error_responses
 from monitor.schemas import Page
 from monitor.settings import Scope, Settings
 from monitor.store import Store
@@ -59,7 +60,8 @@ class AlertmanagerNotification(BaseModel):
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: str | None = None
     groupKey: str | None = None
-    truncatedAlerts: int = 0
+    # strict: a boolean (or "3", or 3.0) is not a count of truncated alerts
+    truncatedAlerts: Annotated[int, Field(strict=True, ge=0)] = 0
 
 
 class WebhookResult(BaseModel):
@@ -104,7 +106,12 @@ def webhook_access(request: Request) -> None:
     )
 
 
-@router.post("/webhook", response_model=WebhookResult, dependencies=[Depends(webhook_access)])
+@router.post(
+    "/webhook",
+    response_model=WebhookResult,
+    dependencies=[Depends(webhook_access)],
+    responses=error_responses(413),
+)
 def alertmanager_webhook(
     body: AlertmanagerNotification, store: Annotated[Store, Depends(get_store)]
 ) -> WebhookResult:

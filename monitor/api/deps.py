@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from sqlmodel import Session
 
+from monitor.errors import InvalidInput
 from monitor.schemas import ID_PATTERN, INT32_MAX
 from monitor.settings import Scope, Settings
 from monitor.store import Store
@@ -100,9 +101,7 @@ class Paging:
         limit: Annotated[int, Query(ge=1, description="Items per page (at most page_size_max).")] = 100,
     ) -> None:
         max_limit = request.app.state.settings.page_size_max
-        if limit > max_limit:
-            raise HTTPException(
-                422, f"limit must be at most {max_limit}"
-            )
+        if limit > max_limit:  # a setting, so checked here; the OpenAPI document states it too
+            raise InvalidInput(f"limit must be at most {max_limit}", loc=("query", "limit"))
         self.offset = offset
         self.limit = limit

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from monitor.api.deps import ReadAccess, RunId, read_session
+from monitor.api.errors import error_responses
 from monitor.report import run_report_html
 from monitor.report.render import render_index
 from monitor.store import queries
@@ -20,7 +21,7 @@ REPORT_PATH = "/api/v1/runs/{run_id}/report"
 INDEX_LIMIT = 1000
 
 
-@router.get("/runs/{run_id}/report", response_class=HTMLResponse)
+@router.get("/runs/{run_id}/report", response_class=HTMLResponse, responses=error_responses(404))
 def run_report(run_id: RunId, session: Session_) -> HTMLResponse:
     """The run's report: one self-contained HTML page (the same file as ``fedsentinel report RUN``)."""
     return HTMLResponse(run_report_html(session, run_id))

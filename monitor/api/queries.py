@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
-from monitor.api.deps import MAX_ROUND, ClientId, Paging, ReadAccess, RoundNumber, RunId, read_session
+from monitor.api.deps import (
+    MAX_ROUND,
+    ClientId,
+    Paging,
+    ReadAccess,
+    RoundNumber,
+    RunId,
+    read_session,
+)
+from monitor.api.errors import error_responses
+from monitor.errors import InvalidInput
 from monitor.schemas import ClientLatest, ClientRoundOut, FindingOut, Page, RoundOut
 from monitor.store import queries
 
-router = APIRouter(prefix="/runs/{run_id}", tags=["queries"], dependencies=[ReadAccess])
+router = APIRouter(
+    prefix="/runs/{run_id}", tags=["queries"], dependencies=[ReadAccess], responses=error_responses(404)
+)
 Session_ = Annotated[Session, Depends(read_session)]
 Paging_ = Annotated[Paging, Depends()]
 RoundBound = Annotated[int | None, Query(ge=0, le=MAX_ROUND)]
@@ -19,9 +31,8 @@ RoundBound = Annotated[int | None, Query(ge=0, le=MAX_ROUND)]
 
 def _check_range(from_round: int | None, to_round: int | None) -> None:
     if from_round is not None and to_round is not None and from_round > to_round:
-        raise HTTPException(
-            422,
-            f"from_round ({from_round}) is after to_round ({to_round})",
+        raise InvalidInput(
+            f"from_round ({from_round}) is after to_round ({to_round})", loc=("query", "from_round")
         )
 
 

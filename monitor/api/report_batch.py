@@ -37,10 +37,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from msgspec import Meta, Struct
 
-from monitor.api.body import validate_json
+from monitor.api.body import COMPONENTS_KEY, body_schema, validate_json
 from monitor.schemas import (
     ID_PATTERN,
     INT32_MAX,
+    MAX_BIN_COUNT,
+    MAX_NOISE_SCALE,
+    MAX_WALL_TIME_SECONDS,
     ClientReport,
     ReportBatch,
     RunCreate,
@@ -76,7 +79,7 @@ class Noise(Struct, forbid_unknown_fields=True):
     """Local-DP noise the client added to its histograms (``HistogramNoise`` in application/json)."""
 
     mechanism: Literal["laplace", "gaussian"]
-    scale: NonNeg
+    scale: Annotated[float, Meta(ge=0, le=MAX_NOISE_SCALE)]
     l2_sensitivity: NonNeg | None = None
     epsilon: Positive | None = None
     delta: Annotated[float, Meta(gt=0, lt=1)] | None = None
@@ -91,7 +94,7 @@ class _Scalars(Struct, forbid_unknown_fields=True):
     train_accuracy: Ratio | None = None
     eval_accuracy: Ratio | None = None
     local_accuracy: Ratio | None = None
-    wall_time_seconds: NonNeg | None = None
+    wall_time_seconds: Annotated[float, Meta(ge=0, le=MAX_WALL_TIME_SECONDS)] | None = None
     histogram_noise: Noise | None = None
     clipped: bool | None = None
     update_repeated: bool | None = None
@@ -199,6 +202,10 @@ class Column:
     def nonfinite(self) -> int | None:
         return self.first(~np.isfinite(self.block)) if self.present else None
 
+    def beyond(self, bound: float) -> int | None:
+        """The first report with a value beyond +-``bound`` (bins that would overflow sums)."""
+        return self.first(np.abs(self.block) > bound) if self.present else None
+
 
 def _stack(values: Sequence[Any], bins: Sequence[int], nested: bool) -> Column:
     """Stack the arrays that are present (``nested``: lists of rows of lengths ``bins``, as
@@ -304,6 +311,8 @@ class JsonFastBatch:
         noised = np.array([r.histogram_noise is not None for r in rs])
         if labels.negative(noised) is not None or features.negative(noised) is not None:
             raise _Mismatch
+        if labels.beyond(MAX_BIN_COUNT) is not None or features.beyond(MAX_BIN_COUNT) is not None:
+            raise _Mismatch  # the schema path names the bin
         if _cosine_out_of_range(rs) is not None:
             raise _Mismatch
         return _prepared(rs, (sketch, labels, features), bins)
@@ -367,6 +376,14 @@ class PackedFastBatch:
             raise _invalid(
                 ("reports", bad),
                 f"Value error, {field} has negative counts and no histogram_noise is declared",
+            )
+        bad = column.beyond(MAX_BIN_COUNT)
+        if bad is not None:  # finite bins whose sum overflows would make every drift score NaN
+            raise _invalid(
+                ("reports", bad, field),
+                f"Input should be between {-MAX_BIN_COUNT:g} and {MAX_BIN_COUNT:g} "
+                "(histogram bins are counts)",
+                "less_than_equal",
             )
 
     def prepare(self, run: RunCreate) -> list[PreparedReport]:
@@ -442,14 +459,16 @@ async def report_batch(request: Request) -> DecodedBatch:
 
 
 def report_body_schema() -> dict[str, Any]:
-    """``openapi_extra`` documenting both encodings of the reports body."""
-    packed = msgspec.json.schema(PackedBatch)
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": ReportBatch.model_json_schema()},
-                PACKED_MEDIA_TYPE: {"schema": packed},
-            },
-        }
-    }
+    """``openapi_extra`` documenting both encodings of the reports body.
+
+    Both refer to ``#/components/schemas/...``; the definitions travel under
+    :data:`~monitor.api.body.COMPONENTS_KEY` to the document builder
+    (:mod:`monitor.api.openapi`), so every ``$ref`` resolves from the root.
+    """
+    extra = body_schema(ReportBatch)
+    (packed,), components = msgspec.json.schema_components(
+        [PackedBatch], ref_template="#/components/schemas/{name}"
+    )
+    extra["requestBody"]["content"][PACKED_MEDIA_TYPE] = {"schema": packed}
+    extra[COMPONENTS_KEY].update(components)
+    return extra

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from monitor.api.deps import RoundNumber, RunId, WriteAccess, get_store
+from monitor.api.errors import error_responses
 from monitor.api.report_batch import DecodedBatch, report_batch, report_body_schema
 from monitor.errors import InvalidInput
 from monitor.schemas import (
@@ -57,7 +58,7 @@ class RunConfigCache:
     "/reports",
     response_model=IngestResult,
     openapi_extra=report_body_schema(),
-    responses={404: {"description": "Unknown run"}, 409: {"description": "Conflicting resend or closed round"}},
+    responses=error_responses(404, 409, 413),
 )
 def ingest_reports(
     run_id: RunId,
@@ -81,7 +82,7 @@ def ingest_reports(
     try:
         rows = batch.prepare(config)
     except ValueError as exc:
-        raise InvalidInput(str(exc)) from exc
+        raise InvalidInput(str(exc), loc=("body", "reports")) from exc
     with store.write_session() as session:
         accepted, duplicates = writes.ingest_reports(session, run_id, round, rows)
     return IngestResult(run_id=run_id, round=round, accepted=accepted, duplicates=duplicates)
@@ -90,7 +91,7 @@ def ingest_reports(
 @router.post(
     "/close",
     response_model=RoundClosed,
-    responses={404: {"description": "Unknown run"}, 409: {"description": "Closed with other statistics"}},
+    responses=error_responses(404, 409, 413),
 )
 def close_round(
     run_id: RunId,
@@ -104,7 +105,7 @@ def close_round(
     try:
         validate_round_close_against_run(body, config)
     except ValueError as exc:
-        raise InvalidInput(str(exc)) from exc
+        raise InvalidInput(str(exc), loc=("body", "aggregate_sketch")) from exc
     with store.write_session() as session:
         already_closed, reports = writes.close_round(session, run_id, round, body)
     request.app.state.on_round_closed(run_id, round)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response, status
 from sqlmodel import Session
 
 from monitor.api.deps import Paging, ReadAccess, RunId, WriteAccess, get_store, read_session
+from monitor.api.errors import error_responses
 from monitor.detectors import Thresholds
 from monitor.errors import InvalidInput
 from monitor.schemas import Page, RunCreate, RunDetail, RunRegistered, RunSummary
@@ -21,7 +22,10 @@ router = APIRouter(prefix="/runs", tags=["runs"])
     response_model=RunRegistered,
     status_code=status.HTTP_201_CREATED,
     dependencies=[WriteAccess],
-    responses={200: {"model": RunRegistered, "description": "Already registered, identical"}, 409: {}},
+    responses={
+        200: {"model": RunRegistered, "description": "Already registered, identical"},
+        **error_responses(409, 413),
+    },
 )
 def register_run(
     spec: RunCreate, response: Response, store: Annotated[Store, Depends(get_store)]
@@ -30,7 +34,7 @@ def register_run(
     try:
         Thresholds().with_overrides(spec.thresholds)
     except ValueError as exc:
-        raise InvalidInput(f"thresholds: {exc}") from exc
+        raise InvalidInput(f"thresholds: {exc}", loc=("body", "thresholds")) from exc
     with store.write_session() as session:
         created = writes.register_run(session, spec)
     if not created:
@@ -46,7 +50,9 @@ def list_runs(
     return Page[RunSummary](items=items, total=total, offset=paging.offset, limit=paging.limit)
 
 
-@router.get("/{run_id}", response_model=RunDetail, dependencies=[ReadAccess])
+@router.get(
+    "/{run_id}", response_model=RunDetail, dependencies=[ReadAccess], responses=error_responses(404)
+)
 def get_run(run_id: RunId, session: Annotated[Session, Depends(read_session)]) -> RunDetail:
     """A run's configuration and a health summary (rounds, participation, findings)."""
     return queries.run_detail(session, run_id)

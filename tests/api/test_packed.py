@@ -79,7 +79,7 @@ def test_nonfinite_evidence_in_the_packed_encoding(api) -> None:
 def _located(response, *loc: object) -> str:  # type: ignore[no-untyped-def]
     """The message of the error at ``loc`` (under body/reports/0)."""
     assert response.status_code == 422, response.text
-    errors = response.json()["detail"]
+    errors = response.json()["errors"]  # the one error body: {detail, errors}
     assert isinstance(errors, list), errors
     for error in errors:
         if error["loc"] == ["body", "reports", 0, *loc]:
@@ -159,10 +159,13 @@ def test_rows_stored_before_the_new_digest_are_still_recognised(api, store) -> N
 
 
 def test_openapi_documents_both_encodings(api) -> None:
-    body = api.get("/openapi.json").json()["paths"]["/api/v1/runs/{run_id}/rounds/{round}/reports"]["post"]
+    doc = api.get("/openapi.json").json()
+    body = doc["paths"]["/api/v1/runs/{run_id}/rounds/{round}/reports"]["post"]
     content = body["requestBody"]["content"]
     assert set(content) == {"application/json", "application/vnd.fedsentinel.packed+json"}
-    packed = json.dumps(content["application/vnd.fedsentinel.packed+json"])
+    ref = content["application/vnd.fedsentinel.packed+json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/PackedBatch"  # resolvable from the document root
+    packed = json.dumps(doc["components"]["schemas"])
     assert "PackedArray" in packed and "<f4" in packed and "base64" in packed
 
 

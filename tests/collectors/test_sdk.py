@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from collectors import MonitorClient, MonitorError
-from collectors.client import ServiceUnavailable
+from collectors.client import FlushResult, ServiceUnavailable
 from monitor.store import Store
 from monitor.store.tables import ClientReportRow, RoundRow
 from tests.factories import close_body, report, run_spec
@@ -72,7 +72,7 @@ def test_spool_replay_after_a_crash_between_send_and_ack_does_not_duplicate(serv
         for start in range(0, len(CLIENTS), 3):
             sdk.spool.append({"op": "report", "run_id": "run-1", "round": 1,
                               "body": {"reports": _round_reports(1)[start:start + 3]}})
-        assert sdk.flush() == 3
+        assert sdk.flush() == FlushResult(sent=3, left=0)
         sdk.close_round("run-1", 1, close_body())
     import httpx
 

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("flwr", reason="flwr is not installed: pip install -e '.[flower]'")
 pytest.importorskip("ray", reason="flwr[simulation] (ray) is not installed")
 
-from collectors.client import MonitorClient  # noqa: E402
+from collectors.client import FlushResult, MonitorClient  # noqa: E402
 from monitor.server import free_port  # noqa: E402
 from tests.conftest import ServiceProcess  # noqa: E402
 
@@ -153,6 +153,6 @@ def test_unreachable_service_spools_and_replays(simulation: dict[str, Any]) -> N
     assert_same_weights(simulation["plain"].arrays, simulation["spooled"].arrays)
     assert spool.pending() == 1 + 2 * 4  # register + (report, close) per round
     spool._http.base_url = httpx.URL(simulation["url"])  # the service is back
-    assert spool.flush() == 9
+    assert spool.flush() == FlushResult(sent=9, left=0)
     rounds = get(simulation, "/runs/flower-spooled/rounds")["items"]
     assert [r["status"] for r in rounds] == ["closed"] * 4
