@@ -93,17 +93,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="write bench/results/report.md")
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the run here (reused when it holds one)"
+    )
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="fs-bench-report-"))
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="fs-bench-report-"))
     settings = Settings(data_dir=data_dir, port=0, host="127.0.0.1")
-    with ServerThread(settings) as url:
-        ingest(url, args.rounds, args.clients)
-        store = Store(settings.resolved_database_url)
-        while True:
-            with store.read_session() as session:
-                if round_scores(session, "bench", args.rounds) is not None:
-                    break
-            time.sleep(0.5)
+    store = Store(settings.resolved_database_url)
+    store.create_schema()
+    with store.read_session() as session:
+        ingested = round_scores(session, "bench", args.rounds) is not None
+    if not ingested:
+        with ServerThread(settings) as url:
+            ingest(url, args.rounds, args.clients)
+            while True:
+                with store.read_session() as session:
+                    if round_scores(session, "bench", args.rounds) is not None:
+                        break
+                time.sleep(0.5)
     build, render = [], []
     for _ in range(args.repeats):
         with store.read_session() as session:
@@ -142,7 +149,8 @@ def main() -> None:
     console.print(text)
     if args.write:
         Path("bench/results/report.md").write_text(text)
-    shutil.rmtree(data_dir, ignore_errors=True)
+    if args.data_dir is None:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

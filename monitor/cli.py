@@ -40,14 +40,17 @@ LAZY_COMMANDS: dict[str, str] = {
     "dashboards": "monitor.dashboards.cli:dashboards",
     "grafana": "monitor.dashboards.cli:grafana",
     "report": "monitor.report.cli:report",
+    "demo": "monitor.demo.cli:demo",
 }
 
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="fedsentinel")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also log every HTTP request the SDK makes.")
+def main(verbose: bool) -> None:
     """fedsentinel: observability for federated learning."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @main.command()
@@ -122,77 +125,6 @@ def replay(file: Path, url: str, api_key: str | None) -> None:
         f"replayed {len(records)} records: {counts['register_run']} run registrations, "
         f"{counts['report']} report batches, {counts['close_round']} round closes"
     )
-
-
-@main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/demo"),
-              show_default=True, help="Where the demo's SQLite store and ground truth go (wiped first).")
-@click.option("--port", type=int, default=0, help="Port for the demo service (default: a free one).")
-@click.option("--serve/--no-serve", default=False, show_default=True,
-              help="Keep the service running after the demo so you can browse /docs (Ctrl-C stops).")
-def demo(data_dir: Path, port: int, serve: bool) -> None:
-    """Run the service, simulate a federation with injected faults through it, show what it saw."""
-    import shutil
-    import time
-
-    import httpx
-
-    from collectors import MonitorClient
-    from monitor.server import ServerThread
-    from simulator import demo_scenario, run_scenario
-
-    marker = data_dir / ".fedsentinel-demo"
-    if data_dir.exists() and any(data_dir.iterdir()) and not marker.exists():
-        raise click.ClickException(
-            f"{data_dir} is not empty and is not a previous demo's directory; "
-            "choose another --data-dir (the demo wipes it)"
-        )
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
-    marker.touch()
-    settings = Settings(data_dir=data_dir, port=port, host="127.0.0.1")
-    scenario = demo_scenario()
-    with ServerThread(settings) as url:
-        console.print(f"fedsentinel demo service on {url} (store: {settings.resolved_database_url})")
-        with MonitorClient(url, spool_dir=data_dir / "spool") as sdk:
-            result = run_scenario(scenario, sdk, truth_path=data_dir / f"{scenario.run_id}.truth.json")
-        api = f"{url}/api/v1/runs/{scenario.run_id}"
-        detail = httpx.get(api).json()
-        findings = httpx.get(f"{api}/findings", params={"limit": 1000}).json()
-        _print_demo(scenario.run_id, detail, findings, result)
-        console.print(f"Query it: {api}  {api}/clients  {api}/findings  (OpenAPI docs: {url}/docs)")
-        if serve:
-            console.print("serving until Ctrl-C")
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-
-
-def _print_demo(run_id: str, detail: dict, findings: dict, result: object) -> None:
-    from rich.table import Table
-
-    health = detail["health"]
-    summary = Table(title=f"run {run_id}", show_header=False)
-    for key in ("rounds_closed", "clients_seen", "reports", "global_eval_accuracy", "centralized_gap",
-                "last_round_participation_ratio", "open_findings"):
-        value = health[key]
-        summary.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    console.print(summary)
-    truth = Table(title="injected faults (ground truth)")
-    for column in ("client", "fault", "onset round", "severity"):
-        truth.add_column(column)
-    for row in getattr(result, "ground_truth", []):
-        truth.add_row(str(row.get("client_id")), str(row.get("fault")), str(row.get("onset_round")), str(row.get("severity")))
-    console.print(truth)
-    table = Table(title=f"findings ({findings['total']})")
-    for column in ("kind", "severity", "client", "rounds", "message"):
-        table.add_column(column)
-    for f in findings["items"]:
-        table.add_row(f["kind"], f["severity"], f["client_id"] or "-", f"{f['first_round']}-{f['last_round']}", f["message"])
-    console.print(table)
 
 
 def _progress() -> Progress:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,14 +130,23 @@ def _client_order(
 
 @dataclass
 class ScoreScan:
-    """What one pass over a run's per-round scores keeps."""
+    """What one pass over a run's per-round scores keeps (arrays: 1,000 clients x 200 rounds is cheap)."""
 
-    rounds: list[int]
-    drift: dict[str, dict[int, float]]
-    anomaly_max: dict[str, float]
-    series: dict[str, dict[str, list[tuple[int, float]]]]
-    round_series: dict[str, list[tuple[int, float]]]
-    latest: RoundScores | None
+    rounds: list[int] = field(default_factory=list)
+    clients: dict[str, int] = field(default_factory=dict)
+    """Client id -> its index in ``anomaly_peak`` (order of first appearance)."""
+    anomaly_peak: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    drift: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    """Per round: the clients' indices and their drift ratios."""
+    series: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
+    round_series: dict[str, list[tuple[int, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    latest: RoundScores | None = None
+
+    @property
+    def anomaly_max(self) -> dict[str, float]:
+        return {c: float(self.anomaly_peak[i]) for c, i in self.clients.items()}
 
 
 CLIENT_SERIES = ("label_drift_ratio", "feature_drift_ratio", "label_drift_js_reference",
@@ -154,46 +163,59 @@ def _drift_ratio(scores: RoundScores) -> np.ndarray:
 
 
 def _scan_scores(session: Session, run_id: str, flagged: set[str]) -> ScoreScan:
-    scan = ScoreScan(
-        [], defaultdict(dict), {}, defaultdict(lambda: defaultdict(list)), defaultdict(list), None
-    )
+    scan = ScoreScan(series={c: defaultdict(list) for c in flagged})
     for scores in iter_round_scores(session, run_id):
-        rnd = scores.round
-        scan.rounds.append(rnd)
+        scan.rounds.append(scores.round)
         scan.latest = scores
-        ratio = _drift_ratio(scores)
-        anomaly = np.asarray(scores.client_scores.get("anomaly_score", np.zeros(len(ratio))))
+        idx = np.fromiter(
+            (scan.clients.setdefault(c, len(scan.clients)) for c in scores.client_ids),
+            dtype=np.int64,
+            count=len(scores.client_ids),
+        )
+        if len(scan.clients) > scan.anomaly_peak.size:
+            grown = np.zeros(len(scan.clients))
+            grown[: scan.anomaly_peak.size] = scan.anomaly_peak
+            scan.anomaly_peak = grown
+        anomaly = np.nan_to_num(
+            scores.client_scores.get("anomaly_score", np.zeros(idx.size)), nan=0.0
+        )
+        scan.anomaly_peak[idx] = np.maximum(
+            scan.anomaly_peak[idx], anomaly
+        )  # ids are unique per round
+        scan.drift.append((idx, _drift_ratio(scores).astype(np.float32)))
         for i, client in enumerate(scores.client_ids):
-            if math.isfinite(ratio[i]):
-                scan.drift[client][rnd] = float(ratio[i])
-            a = float(anomaly[i]) if not math.isnan(anomaly[i]) else 0.0
-            scan.anomaly_max[client] = max(scan.anomaly_max.get(client, 0.0), a)
             if client in flagged:
                 for name in CLIENT_SERIES:
                     if name in scores.client_scores:
-                        scan.series[client][name].append(
-                            (rnd, float(scores.client_scores[name][i]))
-                        )
+                        value = float(scores.client_scores[name][i])
+                        scan.series[client][name].append((scores.round, value))
         for name in ROUND_SERIES:
             if name in scores.round_scores:
-                scan.round_series[name].append((rnd, float(scores.round_scores[name])))
+                scan.round_series[name].append((scores.round, float(scores.round_scores[name])))
     return scan
 
 
 def _drift_map(scan: ScoreScan, cap: int) -> dict[str, Any]:
     """Clients x rounds of the drift ratio, the highest anomaly score first, at most ``cap`` rows."""
-    clients = sorted(scan.anomaly_max, key=lambda c: (-scan.anomaly_max[c], c))
-    shown = clients[:cap]
+    names = list(scan.clients)
+    order = sorted(range(len(names)), key=lambda i: (-scan.anomaly_peak[i], names[i]))[:cap]
+    row_of = np.full(len(names), -1)
+    row_of[order] = np.arange(len(order))
+    z = np.full((len(order), len(scan.rounds)), np.nan)
+    for j, (idx, ratio) in enumerate(scan.drift):
+        rows = row_of[idx]
+        shown = rows >= 0
+        z[rows[shown], j] = ratio[shown]
     return {
         "rounds": scan.rounds,
-        "clients": shown,
-        "z": [[num(scan.drift[c].get(r), 3) for r in scan.rounds] for c in shown],
+        "clients": [names[i] for i in order],
+        "z": [[num(v, 3) for v in row] for row in z.tolist()],
         "anomaly_max": [
-            num(scan.anomaly_max[c], 3) if math.isfinite(scan.anomaly_max[c]) else "non-finite"
-            for c in shown
+            num(scan.anomaly_peak[i], 3) if math.isfinite(scan.anomaly_peak[i]) else "non-finite"
+            for i in order
         ],
-        "clients_total": len(clients),
-        "clients_left_out": max(0, len(clients) - len(shown)),
+        "clients_total": len(names),
+        "clients_left_out": max(0, len(names) - len(order)),
     }
 
 
