@@ -111,9 +111,10 @@ class UpdateMemory:
     so twice the model size per node). They never leave the client.
     """
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, run_id: str) -> None:
         self.context = context
-        rec = context.state.get(STATE_UPDATES)
+        self.key = f"{STATE_UPDATES}.{run_id}"
+        rec = context.state.get(self.key)
         self.previous_global = (
             rec["global"].numpy() if rec is not None and "global" in rec else None
         )
@@ -122,7 +123,7 @@ class UpdateMemory:
         )
 
     def save(self, global_now: np.ndarray, update: np.ndarray) -> None:
-        self.context.state[STATE_UPDATES] = ArrayRecord(
+        self.context.state[self.key] = ArrayRecord(
             {
                 "global": Array(np.ascontiguousarray(global_now)),
                 "update": Array(np.ascontiguousarray(update)),
@@ -136,8 +137,10 @@ def noised_histograms(
     budget: Any,
     context: Context,
     server_round: int,
+    run_id: str = "",
 ) -> dict[str, Any]:
-    """The histogram entries of the mod's record under ``budget`` (release count in ``context.state``).
+    """The histogram entries of the mod's record under ``budget`` (release count in ``context.state``,
+    per run: a budget is for one run).
 
     Outside a release round (or after the last planned release) no histograms;
     otherwise noised ones plus the ``noise_*`` declaration (flat: a ConfigRecord
@@ -145,7 +148,8 @@ def noised_histograms(
     """
     from collectors.privacy import ReleaseState, privatize_report
 
-    rec = context.state.get(STATE_PRIVACY)
+    key = f"{STATE_PRIVACY}.{run_id}"
+    rec = context.state.get(key)
     last = int(rec["last_release_round"]) if rec is not None else -1
     state = ReleaseState(
         releases_done=int(rec["releases_done"]) if rec is not None else 0,
@@ -157,7 +161,7 @@ def noised_histograms(
     if features:
         report["feature_histograms"] = features
     out = privatize_report(report, _plan(budget), state, server_round, np.random.default_rng())
-    context.state[STATE_PRIVACY] = ConfigRecord(
+    context.state[key] = ConfigRecord(
         {
             "releases_done": state.releases_done,
             "last_release_round": -1
@@ -187,6 +191,18 @@ def _plan(budget: Any) -> Any:
     if key not in _PLANS:
         _PLANS[key] = NoisePlan.from_budget(b)
     return _PLANS[key]
+
+
+def run_budget(settings: Any) -> dict[str, Any] | None:
+    """The telemetry budget the run declares (sent by the strategy), for ``telemetry_budget="run"``."""
+    if "telemetry_epsilon" not in settings:
+        return None
+    return {
+        "epsilon": float(settings["telemetry_epsilon"]),
+        "delta": float(settings["telemetry_delta"]),
+        "planned_rounds": int(settings["telemetry_planned_rounds"]),
+        "every_k_rounds": int(settings["telemetry_every_k_rounds"]),
+    }
 
 
 def default_client_id(context: Context) -> str | None:
@@ -224,7 +240,7 @@ class MonitorMod:
             return call_next(message, context)
 
         stats: dict[str, Any] = {}
-        before: tuple[np.ndarray | None, list[str], bool] | None = None
+        before: tuple[np.ndarray | None, list[str], str | None] | None = None
         try:
             before = self._before(message, context, settings, stats)
         except Exception:  # noqa: BLE001 - monitoring never breaks training
@@ -257,7 +273,7 @@ class MonitorMod:
 
     def _before(
         self, message: Message, context: Context, settings: Any, stats: dict[str, Any]
-    ) -> tuple[np.ndarray | None, list[str], bool]:
+    ) -> tuple[np.ndarray | None, list[str], str | None]:
         cid = self.client_id(context)
         if cid:
             stats["client_id"] = str(cid)
@@ -271,9 +287,10 @@ class MonitorMod:
         if lengths:
             edges = decode_edges(settings["edges"], lengths)
             hists = feature_histograms(data.X_train, edges)
-        budget = self._budget(context)
+        budget = self._budget(context, settings)
+        run_id = str(settings.get("run_id", ""))
         if budget is not None:
-            stats.update(noised_histograms(labels, hists, budget, context, server_round))
+            stats.update(noised_histograms(labels, hists, budget, context, server_round, run_id))
         else:
             stats["label_histogram"] = labels.tolist()
             if hists:
@@ -289,20 +306,22 @@ class MonitorMod:
             loss, accuracy = self.evaluate(global_arrays, data.X_heldout, data.y_heldout)
             stats["eval_loss"] = float(loss)
             stats["eval_accuracy"] = float(accuracy)
-        scalars = bool(settings.get("client_scalars", False))
+        scalars = str(settings.get("run_id", "")) if settings.get("client_scalars") else None
         if global_arrays is None:
             return None, [], scalars
         keys = list(global_arrays.keys())
         return flatten_arrays(global_arrays, keys), keys, scalars
 
-    def _budget(self, context: Context) -> Any:
+    def _budget(self, context: Context, settings: Any) -> Any:
         b = self.telemetry_budget
+        if isinstance(b, str) and b == "run":
+            return run_budget(settings)
         return b(context) if callable(b) else b
 
     def _after(
         self,
         reply: Message,
-        before: tuple[np.ndarray | None, list[str], bool] | None,
+        before: tuple[np.ndarray | None, list[str], str | None] | None,
         stats: dict[str, Any],
         context: Context,
     ) -> None:
@@ -322,10 +341,10 @@ class MonitorMod:
         if local_vec is None or local_vec.shape != global_vec.shape:
             return
         update = local_vec - global_vec
-        if not client_scalars:
+        if client_scalars is None:
             stats["update_norm"] = float(np.linalg.norm(update))
             return
-        memory = UpdateMemory(context)
+        memory = UpdateMemory(context, client_scalars)
         stats.update(
             update_scalars(update, memory.previous_global, global_vec, memory.previous_update)
         )
@@ -350,5 +369,8 @@ def monitor_mod(
     or ``(context) -> budget | None``) with ``epsilon``, ``delta``,
     ``planned_rounds`` and optionally ``every_k_rounds``: the histograms are
     noised so that the whole run spends at most that budget (docs/privacy.md).
+    ``"run"`` adopts the budget the run declares (``RunCreate.telemetry_budget``,
+    planned rounds from the run when the budget has none): one setting on the
+    server, and no noise for runs that declare none.
     """
     return MonitorMod(data, evaluate, client_id=client_id, telemetry_budget=telemetry_budget)

@@ -5,8 +5,9 @@ message's ``RecordDict``:
 
 * server -> client (train instructions): the run's task as the client needs it,
   ``num_classes``, the shared feature bin edges (flattened, with their lengths),
-  the round number and ``client_scalars`` (secure aggregation: the client
-  computes the update scalars);
+  the round number, ``client_scalars`` (secure aggregation: the client
+  computes the update scalars) and the run's telemetry budget
+  (``telemetry_*``, for clients whose mod follows the run's budget);
 * client -> server (train replies): the client's statistics (label histogram,
   feature histograms, update norm, evaluation of the received global model on
   local held-out data, wall time, client id; the ``noise_*`` declaration of
@@ -74,7 +75,7 @@ def decode_edges(flat: Sequence[float], lengths: Sequence[int]) -> list[np.ndarr
 def server_config(run: Any, server_round: int) -> dict[str, Any]:
     """The ConfigRecord content a train instruction carries (``run`` is a ``RunCreate``)."""
     flat, lengths = encode_edges(run.feature_bin_edges)
-    return {
+    out = {
         "run_id": run.run_id,
         "round": int(server_round),
         "num_classes": int(run.task.num_classes),
@@ -82,6 +83,14 @@ def server_config(run: Any, server_round: int) -> dict[str, Any]:
         "edge_lengths": lengths,
         "client_scalars": bool(run.secure_aggregation),
     }
+    budget = run.telemetry_budget
+    planned = None if budget is None else (budget.planned_rounds or run.planned_rounds)
+    if budget is not None and planned is not None:
+        out["telemetry_epsilon"] = float(budget.epsilon)
+        out["telemetry_delta"] = float(budget.delta)
+        out["telemetry_planned_rounds"] = int(planned)
+        out["telemetry_every_k_rounds"] = int(budget.every_k_rounds)
+    return out
 
 
 def flatten_arrays(arrays: Any, keys: Sequence[str] | None = None) -> np.ndarray | None:

@@ -104,10 +104,19 @@ class Case:
     clients: tuple[int, int]
     onset: tuple[int, int]
     condition: str = "full"
+    severity: float | None = None
+    """None: :data:`SEVERITY` of the fault kind."""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Further ``Scenario`` fields over the condition's, e.g. ``(("telemetry_budget",
+    {"epsilon": 3}),)`` (bench/bench_privacy.py); the clients, onset and faulty clients
+    stay those of the same fault, alpha and seed."""
+    tag: str = ""
+    """Appended to the run id (cases that differ only in ``severity``/``options``)."""
 
     @property
     def run_id(self) -> str:
         tail = "" if self.condition == "full" else f"-{self.condition}"
+        tail += f"-{self.tag}" if self.tag else ""
         return f"{self.fault or 'healthy'}-a{self.alpha:g}-s{self.seed}{tail}"
 
 
@@ -150,6 +159,7 @@ def _base_scenario(case: Case, rng: np.random.Generator) -> Any:
         "centralized_baseline": False,
         "engine": "batched",
         **cond,
+        **dict(case.options),
     }
     if big:
         data.update(
@@ -165,7 +175,7 @@ def _base_scenario(case: Case, rng: np.random.Generator) -> Any:
 def _fault_specs(case: Case, kind: str, chosen: list[int], onset: int, fed: Any) -> list[Any]:
     from simulator.scenario import FEDERATION_FAULTS, FaultSpec
 
-    severity = SEVERITY[kind]
+    severity = SEVERITY[kind] if case.severity is None else case.severity
     if kind in FEDERATION_FAULTS:
         return [FaultSpec(kind=kind, onset_round=onset, severity=severity)]
     if kind == "label_drift":

@@ -84,3 +84,26 @@ def test_secure_aggregation_reports_client_scalars_not_sketches() -> None:
     s3 = np.asarray(plain.by_client(3)["c000"]["update_sketch"])
     g2 = np.asarray(plain.closes[2]["aggregate_sketch"])
     assert r3 == pytest.approx(s3 @ g2 / np.linalg.norm(s3) / np.linalg.norm(g2), abs=0.35)
+
+
+def test_evaluation_cases_carry_severity_and_scenario_options() -> None:
+    from monitor.evaluation.grid import Case, make_scenario
+
+    common = dict(fault="label_drift", alpha=0.5, seed=0, rounds=20, clients=(10, 12), onset=(8, 9))
+    plain = make_scenario(Case(**common))
+    tuned = make_scenario(
+        Case(
+            **common,
+            severity=0.9,
+            options=(("telemetry_budget", {"epsilon": 3.0}), ("histograms", "labels")),
+            tag="e3",
+        )
+    )
+    assert tuned.run_id == plain.run_id + "-e3"
+    assert tuned.telemetry_budget.epsilon == 3.0 and tuned.histograms == "labels"
+    assert [f.severity for f in tuned.faults] == [0.9] * len(plain.faults)
+    # the same federation, clients and onset: budgets are compared on the same runs
+    assert tuned.num_clients == plain.num_clients
+    assert [(f.clients, f.onset_round) for f in tuned.faults] == [
+        (f.clients, f.onset_round) for f in plain.faults
+    ]

@@ -37,8 +37,13 @@ def make_client_app(cfg: DigitsConfig | None = None, *, monitored: bool = True) 
         )
         return LocalData(d.X_train, d.y_train, d.X_heldout, d.y_heldout)
 
-    # fedsentinel: the one added line (plus the two callables it uses).
-    mods = [monitor_mod(data=local_data, evaluate=evaluate_arrays)] if monitored else []
+    # fedsentinel: the one added line (plus the two callables it uses). telemetry_budget="run":
+    # noise the histograms under the budget the run declares, if it declares one (docs/privacy.md).
+    mods = (
+        [monitor_mod(data=local_data, evaluate=evaluate_arrays, telemetry_budget="run")]
+        if monitored
+        else []
+    )
     app = ClientApp(mods=mods)
 
     @app.train()

@@ -14,15 +14,19 @@ from collectors.flower import MonitoredStrategy, run_spec
 from flower_digits.task import DigitsConfig, initial_model, reference_features
 
 
-def digits_run_spec(cfg: DigitsConfig, run_id: str, **extra: Any):  # type: ignore[no-untyped-def]
-    """The run's registration: 10 classes, 64 pixel features binned on the pooled training data."""
+def digits_run_spec(cfg: DigitsConfig, run_id: str, *, features: bool = True, **extra: Any):  # type: ignore[no-untyped-def]
+    """The run's registration: 10 classes, 64 pixel features binned on the pooled training data.
+
+    ``features=False``: label histograms only (under a telemetry budget the noise
+    grows with the number of histograms, docs/privacy.md).
+    """
     return run_spec(
         run_id,
-        reference_features(cfg),
+        reference_features(cfg) if features else None,
         num_classes=10,
         expected_clients=cfg.num_clients,
         bins=8,
-        feature_names=[f"px_{r}_{c}" for r in range(8) for c in range(8)],
+        feature_names=[f"px_{r}_{c}" for r in range(8) for c in range(8)] if features else None,
         name=f"flower digits ({cfg.fault})",
         metadata={"framework": "flower", "fault": cfg.fault},
         **extra,
@@ -36,6 +40,7 @@ def run_federation(
     monitor: Any = None,
     run_id: str = "flower-digits",
     run_extra: dict[str, Any] | None = None,
+    features: bool = True,
 ) -> Result:
     """One FedAvg run; monitored when ``monitor`` (a URL, MonitorClient or sink) is given."""
     random.seed(cfg.seed)  # FedAvg samples nodes with `random`: same order in every run
@@ -47,7 +52,9 @@ def run_federation(
     if monitor is not None:
         # fedsentinel: wrap the strategy (the only server-side change).
         strategy = MonitoredStrategy(
-            strategy, monitor=monitor, run=digits_run_spec(cfg, run_id, **(run_extra or {}))
+            strategy,
+            monitor=monitor,
+            run=digits_run_spec(cfg, run_id, features=features, **(run_extra or {})),
         )
     arrays = ArrayRecord(initial_model(cfg.seed).state_dict())
     return strategy.start(
