@@ -30,11 +30,16 @@ def _history(api, client="c1"):  # type: ignore[no-untyped-def]
 
 
 def _packed(values: list[float], dtype: str = "<f8") -> dict[str, str]:
-    return {"dtype": dtype, "data": base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()}
+    return {
+        "dtype": dtype,
+        "data": base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode(),
+    }
 
 
 def _post_packed(api, reports: list[dict], dtype: str = "<f8"):  # type: ignore[no-untyped-def]
-    return api.post(REPORTS, content=encode_packed_reports({"reports": reports}, dtype), headers=PACKED)
+    return api.post(
+        REPORTS, content=encode_packed_reports({"reports": reports}, dtype), headers=PACKED
+    )
 
 
 @pytest.mark.parametrize("dtype", ["<f8", "<f4"])
@@ -60,7 +65,11 @@ def test_the_same_report_in_either_encoding_is_one_report(api) -> None:
     api.post(f"{API}/runs", json=run_spec())
     assert api.post(REPORTS, json={"reports": [report("c1")]}).json()["accepted"] == 1
     again = _post_packed(api, [report("c1")])
-    assert again.status_code == 200 and again.json() == {**again.json(), "accepted": 0, "duplicates": 1}
+    assert again.status_code == 200 and again.json() == {
+        **again.json(),
+        "accepted": 0,
+        "duplicates": 1,
+    }
     changed = _post_packed(api, [report("c1", update_sketch=[9.0, 9.0, 9.0])])
     assert changed.status_code == 409 and "c1" in changed.json()["detail"]
     assert len(_history(api)) == 1
@@ -68,8 +77,12 @@ def test_the_same_report_in_either_encoding_is_one_report(api) -> None:
 
 def test_nonfinite_evidence_in_the_packed_encoding(api) -> None:
     api.post(f"{API}/runs", json=run_spec())
-    body = report("c1", update_norm=float("nan"), train_loss=float("inf"),
-                  update_sketch=[float("nan"), 1.0, float("-inf")])
+    body = report(
+        "c1",
+        update_norm=float("nan"),
+        train_loss=float("inf"),
+        update_sketch=[float("nan"), 1.0, float("-inf")],
+    )
     assert _post_packed(api, [body], "<f4").status_code == 200
     stored = _history(api)[0]
     assert stored["update_norm"] == "NaN" and stored["train_loss"] == "Infinity"
@@ -99,9 +112,21 @@ def test_wrong_dtype_gets_422_naming_the_field(api) -> None:
 def test_wrong_length_gets_422_naming_the_field_and_the_run(api) -> None:
     api.post(f"{API}/runs", json=run_spec())
     for field, values, message in [
-        ("update_sketch", [1.0, 2.0], "client c1: update_sketch has 2 values, run run-1 has sketch_dim 3"),
-        ("label_histogram", [1.0] * 5, "client c1: label_histogram has 5 bins, run run-1 has 4 classes"),
-        ("feature_histograms", [1.0] * 4, "client c1: feature_histograms has 4 values, run run-1 has 5"),
+        (
+            "update_sketch",
+            [1.0, 2.0],
+            "client c1: update_sketch has 2 values, run run-1 has sketch_dim 3",
+        ),
+        (
+            "label_histogram",
+            [1.0] * 5,
+            "client c1: label_histogram has 5 bins, run run-1 has 4 classes",
+        ),
+        (
+            "feature_histograms",
+            [1.0] * 4,
+            "client c1: feature_histograms has 4 values, run run-1 has 5",
+        ),
     ]:
         body = json.loads(encode_packed_reports({"reports": [report("c1")]}))
         body["reports"][0][field] = _packed(values)
@@ -127,7 +152,9 @@ def test_wrong_length_gets_422_naming_the_field_and_the_run(api) -> None:
         ({"surprise": 1}, (), "surprise"),
     ],
 )
-def test_invalid_packed_fields_get_422_naming_the_field(api, overrides: dict, loc: tuple, message: str) -> None:
+def test_invalid_packed_fields_get_422_naming_the_field(
+    api, overrides: dict, loc: tuple, message: str
+) -> None:
     api.post(f"{API}/runs", json=run_spec())
     r = _post_packed(api, [{**report("c1"), **overrides}])
     if loc or "negative" in message:
@@ -149,10 +176,19 @@ def test_rows_stored_before_the_new_digest_are_still_recognised(api, store) -> N
     api.post(f"{API}/runs", json=run_spec())
     api.post(REPORTS, json={"reports": [report("c1"), report("c2", seed=1)]})
     with store.write_session() as session:
-        assert session.execute(select(ClientReportRow.content_hash)).scalars().first().startswith(DIGEST_PREFIX)
+        assert (
+            session.execute(select(ClientReportRow.content_hash))
+            .scalars()
+            .first()
+            .startswith(DIGEST_PREFIX)
+        )
         for cid, seed in (("c1", 0), ("c2", 1)):
             old = legacy_digest(ClientReport.model_validate(report(cid, seed=seed)))
-            session.execute(update(ClientReportRow).where(ClientReportRow.client_id == cid).values(content_hash=old))
+            session.execute(
+                update(ClientReportRow)
+                .where(ClientReportRow.client_id == cid)
+                .values(content_hash=old)
+            )
     again = api.post(REPORTS, json={"reports": [report("c1"), report("c2", seed=1)]})
     assert again.status_code == 200 and again.json()["duplicates"] == 2
     assert api.post(REPORTS, json={"reports": [report("c1", seed=3)]}).status_code == 409
@@ -188,10 +224,22 @@ def test_the_fast_decoders_mirror_the_schema() -> None:
 def test_new_report_fields_through_both_paths(api) -> None:
     """Secure-aggregation scalars and a full noise declaration, JSON and packed, stored alike."""
     api.post(f"{API}/runs", json=run_spec())
-    noise = {"mechanism": "gaussian", "scale": 2.0, "l2_sensitivity": 2.0, "epsilon": 1.0,
-             "delta": 1e-5, "releases_planned": 10, "release": 1}
-    body = report("c1", update_cosine_previous_global=-0.25, update_repeated=True, histogram_noise=noise,
-                  label_histogram=[3.0, -0.5, 2.0, 1.0])
+    noise = {
+        "mechanism": "gaussian",
+        "scale": 2.0,
+        "l2_sensitivity": 2.0,
+        "epsilon": 1.0,
+        "delta": 1e-5,
+        "releases_planned": 10,
+        "release": 1,
+    }
+    body = report(
+        "c1",
+        update_cosine_previous_global=-0.25,
+        update_repeated=True,
+        histogram_noise=noise,
+        label_histogram=[3.0, -0.5, 2.0, 1.0],
+    )
     assert api.post(REPORTS, json={"reports": [body]}).json()["accepted"] == 1
     assert _post_packed(api, [body]).json()["duplicates"] == 1
     stored = _history(api)[0]
@@ -199,4 +247,9 @@ def test_new_report_fields_through_both_paths(api) -> None:
     assert {k: v for k, v in stored["histogram_noise"].items() if v is not None} == noise
     bad = _post_packed(api, [report("c2", update_cosine_previous_global=1.5)])
     assert "update_cosine_previous_global must be in [-1, 1]" in bad.text
-    assert api.post(REPORTS, json={"reports": [report("c2", update_cosine_previous_global=1.5)]}).status_code == 422
+    assert (
+        api.post(
+            REPORTS, json={"reports": [report("c2", update_cosine_previous_global=1.5)]}
+        ).status_code
+        == 422
+    )

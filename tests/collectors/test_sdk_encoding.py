@@ -17,7 +17,11 @@ from tests.factories import close_body, report, run_spec
 def test_fast_json_is_the_same_json() -> None:
     body = {"reports": [report(f"c{i}", seed=i) for i in range(5)]}
     assert json.loads(encode_body(body)) == body
-    with_numpy = {"reports": [report("c1", update_sketch=np.array([0.1, -0.2, 1 / 3]), num_examples=np.int64(5))]}
+    with_numpy = {
+        "reports": [
+            report("c1", update_sketch=np.array([0.1, -0.2, 1 / 3]), num_examples=np.int64(5))
+        ]
+    }
     decoded = json.loads(encode_body(with_numpy))["reports"][0]
     assert decoded["update_sketch"] == [0.1, -0.2, 1 / 3] and decoded["num_examples"] == 5
 
@@ -33,7 +37,11 @@ def test_nonfinite_values_keep_their_tokens(bad: float) -> None:
         text = encode_body(body).decode()
         assert "null" not in text  # orjson would have written NaN as null
         decoded = json.loads(text)["reports"][0]
-        values = [decoded["update_norm"], *decoded["update_sketch"], *sum(decoded["feature_histograms"], [])]
+        values = [
+            decoded["update_norm"],
+            *decoded["update_sketch"],
+            *sum(decoded["feature_histograms"], []),
+        ]
         assert any(math.isnan(v) if math.isnan(bad) else v == bad for v in values)
 
 
@@ -51,11 +59,18 @@ def test_packed_sdk_against_a_real_service(service_factory, database_url, dtype:
         sdk.close_round("run-1", 1, close_body())
     assert httpx.get(f"{service.url}/api/v1/runs/run-1/rounds/1").json()["reports"] == 7
     for original in sent:
-        stored = httpx.get(f"{service.url}/api/v1/runs/run-1/clients/{original['client_id']}/history").json()
+        stored = httpx.get(
+            f"{service.url}/api/v1/runs/run-1/clients/{original['client_id']}/history"
+        ).json()
         sketch = stored["items"][0]["update_sketch"]
         expected = np.asarray(original["update_sketch"], dtype=dtype).astype(float).tolist()
         assert sketch == ["NaN" if math.isnan(v) else v for v in expected]
-    assert httpx.get(f"{service.url}/api/v1/runs/run-1/clients/c3/history").json()["items"][0]["update_norm"] == "Infinity"
+    assert (
+        httpx.get(f"{service.url}/api/v1/runs/run-1/clients/c3/history").json()["items"][0][
+            "update_norm"
+        ]
+        == "Infinity"
+    )
 
 
 def test_unknown_encodings_are_refused() -> None:
