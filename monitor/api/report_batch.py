@@ -271,21 +271,15 @@ def _cosine_out_of_range(reports: Sequence[Any]) -> int | None:
     return None
 
 
-def _model(
-    r: _Scalars, arrays: tuple[np.ndarray | None, ...], bins: Sequence[int]
-) -> Callable[[], ClientReport]:
-    def build() -> ClientReport:
-        body = msgspec.to_builtins(r)
-        sketch, labels, features = arrays
-        body["update_sketch"] = None if sketch is None else sketch.tolist()
-        body["label_histogram"] = None if labels is None else labels.tolist()
-        if features is not None:
-            body["feature_histograms"] = [
-                f.tolist() for f in np.split(features, np.cumsum(bins)[:-1])
-            ]
-        return ClientReport.model_validate({k: v for k, v in body.items() if v is not None})
-
-    return build
+def _model(source: tuple[_Scalars, tuple[np.ndarray | None, ...], Sequence[int]]) -> ClientReport:
+    """A fast-path report as the pydantic schema (only for comparing with a pre-upgrade digest)."""
+    r, (sketch, labels, features), bins = source
+    body = msgspec.to_builtins(r)
+    body["update_sketch"] = None if sketch is None else sketch.tolist()
+    body["label_histogram"] = None if labels is None else labels.tolist()
+    if features is not None:
+        body["feature_histograms"] = [f.tolist() for f in np.split(features, np.cumsum(bins)[:-1])]
+    return ClientReport.model_validate({k: v for k, v in body.items() if v is not None})
 
 
 class JsonFastBatch:
@@ -429,7 +423,7 @@ def _prepared(
     rows = []
     for i, r in enumerate(reports):
         arrays = (sketch[i], labels[i], features[i])
-        rows.append(prepare(_scalars(r), arrays, _model(r, arrays, bins)))
+        rows.append(prepare(_scalars(r), arrays, (r, arrays, bins), _model))
     return rows
 
 

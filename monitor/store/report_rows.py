@@ -7,9 +7,9 @@ ingest close to the cost of parsing the body and writing the bytes.
 
 The content digest is what makes resends idempotent: the same report sent again
 (as JSON, or packed) has the same digest; a different report for the same
-client and round is a conflict. It hashes the stored values (scalars by
-``repr``, arrays as their float64 bytes with NaN made canonical), so it does not
-depend on how the body was encoded. Digests start with ``"2:"``; rows written
+client and round is a conflict. It hashes the stored values (scalars as JSON,
+arrays as their float64 bytes with NaN made canonical), so it does not
+depend on how the body was encoded. Digests are ``"2:"`` and 62 hex digits of a SHA-256; rows written
 before that scheme hold the SHA-256 of the report's JSON
 (:func:`legacy_digest`), which is recomputed only when such a row must be
 compared with a resend.
@@ -22,8 +22,10 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 
 from monitor.schemas import ClientReport
 
@@ -71,8 +73,13 @@ class PreparedReport:
     digest: str
     values: tuple
     """Column values in :data:`COLUMNS` order."""
-    model: Callable[[], ClientReport]
-    """The report as the pydantic schema (only built when a pre-``2:`` digest must be compared)."""
+    source: Any
+    build: Callable[[Any], ClientReport]
+    """``build(source)`` is the report as the pydantic schema, only made when a pre-``2:``
+    digest must be compared (one function per batch, not one closure per report)."""
+
+    def model(self) -> ClientReport:
+        return self.build(self.source)
 
 
 def scalar_float(value: float | str | None) -> float | None:
@@ -105,13 +112,13 @@ def canonical(block: np.ndarray) -> np.ndarray:
 
 
 def prepare(
-    scalars: tuple, arrays: tuple[np.ndarray | None, ...], model: Callable[[], ClientReport]
+    scalars: tuple,
+    arrays: tuple[np.ndarray | None, ...],
+    source: Any,
+    build: Callable[[Any], ClientReport],
 ) -> PreparedReport:
     """One row from a report's scalars (:data:`SCALARS` order) and canonical float64 arrays."""
     blobs = [None if array is None else array.tobytes() for array in arrays]
-    # Lengths first, so the same floats split differently between the arrays hash differently.
-    sizes = repr((scalars, [None if b is None else len(b) for b in blobs])).encode()
-    digest = hashlib.blake2b(b"".join([sizes, *(b for b in blobs if b)]), digest_size=31)
     values = list(scalars)
     special: dict[str, str] = {}
     for index, name in _NONFINITE_AT:
@@ -119,9 +126,14 @@ def prepare(
         if value is not None and not math.isfinite(value):
             special[name] = _name(value)
             values[index] = None
-    text = DIGEST_PREFIX + digest.hexdigest()
     nonfinite = json.dumps(special, sort_keys=True) if special else None
-    return PreparedReport(scalars[0], text, (*values, *blobs, nonfinite, text), model)
+    # The stored scalars and which of them were non-finite, then the arrays' lengths (the
+    # same floats split differently between arrays differ) and bytes.
+    head = orjson.dumps((values, nonfinite, [None if b is None else len(b) for b in blobs]))
+    text = (
+        DIGEST_PREFIX + hashlib.sha256(b"".join([head, *(b for b in blobs if b)])).hexdigest()[:62]
+    )
+    return PreparedReport(scalars[0], text, (*values, *blobs, nonfinite, text), source, build)
 
 
 def _block(values: list[float] | list[list[float]] | None) -> np.ndarray | None:
@@ -159,7 +171,11 @@ def prepare_model(report: ClientReport) -> PreparedReport:
         _block(report.label_histogram),
         _block(report.feature_histograms),
     )
-    return prepare(scalars, arrays, lambda: report)
+    return prepare(scalars, arrays, report, _itself)
+
+
+def _itself(report: ClientReport) -> ClientReport:
+    return report
 
 
 def legacy_digest(report: ClientReport) -> str:

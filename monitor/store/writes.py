@@ -106,7 +106,7 @@ def _bulk_insert(
     type processing (the received-at timestamp, the only value that needs it, is shared)."""
     table = ClientReportRow.__table__
     dialect = session.get_bind().dialect
-    to_db = table.c.received_at.type.bind_processor(dialect)
+    to_db = table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
     received = utcnow() if to_db is None else to_db(utcnow())
     columns = ("run_id", "round", "received_at", *COLUMNS)
     marker = "?" if dialect.paramstyle == "qmark" else "%s"

@@ -253,3 +253,22 @@ def test_new_report_fields_through_both_paths(api) -> None:
         ).status_code
         == 422
     )
+
+
+def test_bulk_insert_writes_timestamps_as_the_orm_does(api, store) -> None:
+    """The rows bypass the ORM: their received_at must still be what SQLAlchemy writes and reads."""
+    import re
+    from datetime import datetime
+
+    from sqlalchemy import text
+
+    api.post(f"{API}/runs", json=run_spec())
+    api.post(REPORTS, json={"reports": [report("c1")]})
+    _post_packed(api, [report("c2")])
+    with store.read_session() as session:
+        rows = session.execute(select(ClientReportRow).order_by(ClientReportRow.id)).scalars().all()
+        assert all(isinstance(r.received_at, datetime) for r in rows)
+        assert rows[0].received_at <= rows[1].received_at
+        if store.dialect == "sqlite":
+            raw = session.execute(text("SELECT received_at FROM client_report")).scalars().all()
+            assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", v) for v in raw), raw
