@@ -2,9 +2,11 @@
 
 One Ray start for the whole module: one ServerApp runs, on the same simulated
 federation, (1) the unmonitored run, (2) the same run monitored, (3) the same
-run monitored while the service is unreachable (it spools). 5 clients, 4
-rounds; client 0's label distribution drifts from round 3, client 4 crashes
-in round 2.
+run monitored while the service is unreachable (it spools), (4) the same run
+under privacy: a telemetry budget declared by the run and followed by the
+clients' mods (noised label histograms, no feature histograms) and secure
+aggregation (client-side update scalars, no sketches). 5 clients, 4 rounds;
+client 0's label distribution drifts from round 3, client 4 crashes in round 2.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from collectors.client import FlushResult, MonitorClient  # noqa: E402
 from monitor.server import free_port  # noqa: E402
 from tests.conftest import ServiceProcess  # noqa: E402
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 RUN_ID = "flower-e2e"
+PRIVATE_RUN_ID = "flower-private"
+PRIVATE_BUDGET = {"epsilon": 10.0, "delta": 1e-5, "planned_rounds": 4}
 CLIENTS = [f"client-{i}" for i in range(5)]
 
 
@@ -71,6 +75,18 @@ def simulation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
         out["monitored_seconds"] = time.perf_counter() - started
         out["spooled"] = run_federation(grid, cfg, monitor=spool, run_id="flower-spooled")
+        out["private"] = run_federation(
+            grid,
+            cfg,
+            monitor=service.url,
+            run_id=PRIVATE_RUN_ID,
+            features=False,
+            run_extra={
+                "thresholds": {"reference_rounds": 2},
+                "telemetry_budget": PRIVATE_BUDGET,
+                "secure_aggregation": True,
+            },
+        )
 
     client_app: ClientApp = make_client_app(cfg)
     try:
@@ -156,3 +172,32 @@ def test_unreachable_service_spools_and_replays(simulation: dict[str, Any]) -> N
     assert spool.flush() == FlushResult(sent=9, left=0)
     rounds = get(simulation, "/runs/flower-spooled/rounds")["items"]
     assert [r["status"] for r in rounds] == ["closed"] * 4
+
+
+def test_private_run_sends_noised_histograms_and_client_side_scalars(
+    simulation: dict[str, Any],
+) -> None:
+    from collectors.privacy import NoisePlan
+
+    sigma = NoisePlan.from_budget(PRIVATE_BUDGET).sigma(1)  # labels only: H = 1
+    assert_same_weights(simulation["plain"].arrays, simulation["private"].arrays)
+    for client in CLIENTS:
+        for item in history(simulation, PRIVATE_RUN_ID, client):
+            if item["status"] != "ok":
+                continue
+            noise = item["histogram_noise"]
+            assert noise["mechanism"] == "gaussian" and noise["scale"] == pytest.approx(sigma)
+            assert noise["epsilon"] == 10.0 and noise["releases_planned"] == 4
+            hist = np.asarray(item["label_histogram"])
+            assert not np.allclose(hist, np.round(hist))  # noised counts
+            assert item["feature_histograms"] is None and item["update_sketch"] is None
+            assert item["update_norm"] > 0 and item["update_repeated"] is False
+            cos = item["update_cosine_previous_global"]
+            assert cos == "NaN" if noise["release"] == 1 else -1 <= cos <= 1
+
+
+def test_label_drift_is_still_found_under_the_telemetry_budget(simulation: dict[str, Any]) -> None:
+    findings = get(simulation, f"/runs/{PRIVATE_RUN_ID}/findings?limit=200")["items"]
+    drift = [f for f in findings if f["kind"] == "label_drift"]
+    assert [f["client_id"] for f in drift] == ["client-0"], findings
+    assert drift[0]["first_round"] == 3
