@@ -130,7 +130,9 @@ class Engine:
         started = time.perf_counter()
         config = load_run_config(session, run_id)
         data = load_round_input(session, config, round_row)
-        state = DetectorState.from_bytes(state_row.state) if state_row.state else DetectorState()
+        state = (
+            DetectorState.from_bytes(state_row.state, label=run_id) if state_row.state else DetectorState()
+        )
         analysis = analyze_round(config, self.thresholds, state, data)
         elapsed = time.perf_counter() - started
         save_round_scores(

@@ -43,6 +43,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from monitor.detectors.output import SEVERITIES
+from monitor.detectors.registry import DEFAULT as REGISTRY
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.store.scores import RoundScores, round_scores
@@ -52,112 +54,21 @@ __all__ = ["DomainCollector", "metrics_registry", "CLIENT_SCORE_METRICS", "STREA
 
 log = logging.getLogger("fedsentinel.exporter")
 
-FINDING_KINDS = (
-    "data_drift", "label_drift", "feature_drift", "performance_drift", "update_divergence",
-    "stale_update", "free_rider", "nonfinite_update", "fairness_regression", "participation_drop",
-    "dropout", "straggler", "global_stagnation", "global_divergence", "nonfinite_aggregate",
-    "centralized_gap", "privacy_budget",
-)  # fmt: skip
-"""Finding kinds exported with a zero when none is open (monitor.detectors.KINDS)."""
-SEVERITIES = ("info", "warning", "critical")
-RUN_SIGNAL_KINDS = (
-    "fairness_regression", "participation_drop", "global_stagnation", "global_divergence",
-    "nonfinite_aggregate", "centralized_gap", "privacy_budget",
-)  # fmt: skip
+# Every list below is read from the detector registry (monitor/detectors/registry.py), the one
+# place that declares finding kinds, scores and the metrics they are exported as.
+FINDING_KINDS: tuple[str, ...] = REGISTRY.kinds
+"""Finding kinds exported with a zero when none is open."""
+RUN_SIGNAL_KINDS: tuple[str, ...] = REGISTRY.kinds_of_scope("federation")
 """Federation-level finding kinds with a streak gauge (``fl_run_signal_streak_rounds``)."""
-
-CLIENT_SCORE_METRICS: tuple[tuple[str, str, str], ...] = (
-    ("fl_client_anomaly_score", "anomaly_score",
-     "Client's combined anomaly score (max of its signals over their thresholds; 1 = at threshold; +Inf = non-finite update)."),
-    ("fl_client_label_drift_distance", "label_drift_js_reference",
-     "Jensen-Shannon distance (base 2) of the client's label histogram to its own reference rounds."),
-    ("fl_client_label_drift_federation_distance", "label_drift_js_federation",
-     "Jensen-Shannon distance (base 2) of the client's label histogram to the federation's."),
-    ("fl_client_label_drift_threshold_ratio", "label_drift_ratio",
-     "Client's label drift over its threshold (>= 1 is drift)."),
-    ("fl_client_feature_drift_psi", "feature_drift_psi_max",
-     "Largest population stability index over the client's features, against its reference rounds."),
-    ("fl_client_feature_drift_wasserstein", "feature_drift_wasserstein_max",
-     "Largest Wasserstein-1 distance over the client's features, in reference standard deviations."),
-    ("fl_client_feature_drift_threshold_ratio", "feature_drift_ratio",
-     "Client's feature drift over its threshold (>= 1 is drift)."),
-    ("fl_client_eval_loss_changepoint", "eval_loss_changepoint",
-     "Page-Hinkley statistic on the client's relative log evaluation loss of the global model."),
-    ("fl_client_update_cosine", "update_cosine",
-     "Cosine between the client's update sketch and the aggregate update sketch."),
-    ("fl_client_update_norm_ratio", "update_norm_ratio",
-     "Client's update L2 norm over the round's median client update norm."),
-    ("fl_client_update_norm_robust_z", "update_norm_robust_z",
-     "Robust z-score (median/MAD) of the client's update norm within the round."),
-    ("fl_client_update_cosine_robust_z", "update_cosine_robust_z",
-     "Robust z-score (median/MAD) of the client's update cosine within the round (low = divergent)."),
-    ("fl_client_wall_time_robust_z", "wall_time_robust_z",
-     "Robust z-score of the client's wall time within the round (high = straggler)."),
-    ("fl_client_federation_benefit_ratio", "federation_benefit",
-     "Client's accuracy under the global model minus its local-only baseline accuracy (signed, -1 to 1)."),
-)  # fmt: skip
+CLIENT_SCORE_METRICS: tuple[tuple[str, str, str], ...] = REGISTRY.client_metrics()
 """(metric name, score name in RoundScores.client_scores, HELP)."""
-
-STREAK_METRICS: tuple[tuple[str, str, str], ...] = tuple(
-    (f"fl_client_{name}_streak_rounds", f"{name}_streak_rounds",
-     f"Consecutive analysed rounds in which the client's {what} was over threshold (0 = not now).")
-    for name, what in (
-        ("label_drift", "label distribution drift"),
-        ("feature_drift", "feature distribution drift"),
-        ("drift", "label or feature drift"),
-        ("performance_drift", "evaluation-loss change point"),
-        ("update_anomaly", "update divergence (norm or direction)"),
-        ("stale_update", "stale (repeated) update"),
-        ("free_rider", "near-zero (free-riding) update"),
-        ("nonfinite_update", "non-finite (NaN/Inf) update or loss"),
-        ("straggler", "wall time (straggling)"),
-        ("dropout", "failure or absence (dropout)"),
-    )
-)  # fmt: skip
-
-QUANTILE_SCORES: tuple[tuple[str, str, str], ...] = (
-    ("fl_run_client_anomaly_score_quantile", "anomaly_score", "client anomaly score"),
-    ("fl_run_client_label_drift_distance_quantile", "label_drift_js_reference", "client label drift JS distance"),
-    ("fl_run_client_feature_drift_psi_quantile", "feature_drift_psi_max", "client max feature PSI"),
-    ("fl_run_client_update_norm_ratio_quantile", "update_norm_ratio", "client update norm ratio"),
-    ("fl_run_client_update_cosine_quantile", "update_cosine", "client update cosine"),
-)  # fmt: skip
+STREAK_METRICS: tuple[tuple[str, str, str], ...] = REGISTRY.streak_metrics()
+QUANTILE_SCORES: tuple[tuple[str, str, str], ...] = REGISTRY.quantile_metrics()
+"""(metric name, client score, what the quantile is of)."""
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
-
-FLAGGED_COUNTS = (
-    "label_drift", "feature_drift", "performance_drift", "update_divergence", "stale_update",
-    "free_rider", "nonfinite_update",
-)  # fmt: skip
-
-RUN_SCORE_METRICS: tuple[tuple[str, str, str], ...] = (
-    ("fl_run_global_eval_loss", "global_eval_loss", "Global model's evaluation loss at the latest analysed round."),
-    ("fl_run_global_eval_accuracy_ratio", "global_eval_accuracy", "Global model's evaluation accuracy at the latest analysed round."),
-    ("fl_run_global_loss_jump_ratio", "global_loss_jump_ratio", "Global evaluation loss over its recent best (> 1 = worse)."),
-    ("fl_run_global_stagnation_improvement_ratio", "global_stagnation_improvement", "Relative improvement of the global loss over the stagnation window."),
-    ("fl_run_centralized_gap_ratio", "centralized_gap", "Centralized-baseline accuracy minus global accuracy (signed, -1 to 1)."),
-    ("fl_run_participation_ratio", "participation_ratio", "Clients that reported ok over clients expected in the latest round."),
-    ("fl_run_round_reports", "reports", "Client reports in the latest analysed round."),
-    ("fl_run_round_expected_clients", "expected_clients", "Clients expected (sampled) in the latest analysed round."),
-    ("fl_run_clients_known", "clients_known", "Distinct clients seen by the run so far."),
-    ("fl_run_stragglers", "stragglers", "Straggling clients in the latest analysed round."),
-    ("fl_run_dropouts", "dropouts", "Clients counted as dropped out in the latest analysed round."),
-    ("fl_run_client_accuracy_mean_ratio", "accuracy_mean", "Mean of the clients' evaluation accuracy."),
-    ("fl_run_client_accuracy_std_ratio", "accuracy_std", "Standard deviation of the clients' evaluation accuracy."),
-    ("fl_run_client_accuracy_min_ratio", "accuracy_min", "Worst client's evaluation accuracy."),
-    ("fl_run_client_accuracy_max_ratio", "accuracy_max", "Best client's evaluation accuracy."),
-    ("fl_run_client_accuracy_worst_decile_mean_ratio", "accuracy_worst10_mean", "Mean evaluation accuracy of the worst 10% of clients."),
-    ("fl_run_client_accuracy_gap_ratio", "accuracy_gap", "Best minus worst client evaluation accuracy."),
-    ("fl_run_client_accuracy_gini_ratio", "accuracy_gini", "Gini coefficient of the clients' evaluation accuracy (0 = equal)."),
-    ("fl_run_client_accuracy_jain_index", "accuracy_jain", "Jain's fairness index of the clients' evaluation accuracy (1 = equal)."),
-    ("fl_run_client_accuracy_below_floor_ratio", "accuracy_share_below_floor", "Share of clients whose evaluation accuracy is below the fairness floor."),
-    ("fl_run_fairness_mean_change_ratio", "fairness_mean_change", "Change of the mean client accuracy over the fairness window."),
-    ("fl_run_fairness_worst_decile_change_ratio", "fairness_worst10_change", "Change of the worst-decile mean client accuracy over the fairness window."),
-    ("fl_run_federation_benefit_mean_ratio", "federation_benefit_mean", "Mean per-client accuracy gain of federation over local-only baselines."),
-    ("fl_run_privacy_epsilon", "epsilon_spent", "Differential-privacy epsilon spent so far."),
-    ("fl_run_privacy_budget_spent_ratio", "privacy_budget_share", "Epsilon spent over the run's target epsilon."),
-    ("fl_run_nonfinite_aggregate", "nonfinite_aggregate", "1 if the latest aggregate (loss, norm or sketch) was non-finite."),
-    ("fl_run_calibrating", "calibrating", "1 while the run's thresholds are being calibrated."),
-)  # fmt: skip
+FLAGGED_COUNTS: tuple[str, ...] = REGISTRY.flagged_counts()
+RUN_SCORE_METRICS: tuple[tuple[str, str, str], ...] = REGISTRY.round_metrics()
+"""(metric name, score name in RoundScores.round_scores, HELP)."""
 
 
 def _ts(value: datetime | str | None) -> float:

@@ -1,0 +1,188 @@
+"""Fairness across clients: accuracy spread each round, and a regression over a window.
+
+A fairness regression is the mean client accuracy rising while the mean of
+the worst 10% falls, over ``fairness_window`` rounds (least-squares changes):
+the average hides the minority getting worse. Per-client benefit of
+federation (global-model accuracy minus a reported local-only baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from monitor.detectors.base import (
+    ClientScore,
+    Detector,
+    DetectorStateBase,
+    FindingKind,
+    RoundContext,
+    RoundScore,
+    Step,
+    threshold,
+)
+from monitor.detectors.output import ActiveSignal, fmt, pct, severity_for
+from monitor.signals import fairness
+
+__all__ = ["Fairness", "FairnessThresholds", "FairnessState", "HISTORY_CAP"]
+
+HISTORY_CAP = 64
+"""Rounds of federation history kept (fairness and global loss)."""
+
+
+@dataclass(frozen=True)
+class FairnessThresholds:
+    fairness_window: int = threshold(
+        5, "Rounds over which mean and worst-decile changes are fitted."
+    )
+    fairness_worst_drop: float = threshold(
+        0.02, "Fall of the worst-decile mean accuracy (while the mean rises) that is a regression."
+    )
+    fairness_floor: float = threshold(
+        0.5, "Accuracy below which a client counts in accuracy_share_below_floor."
+    )
+
+
+@dataclass
+class FairnessState(DetectorStateBase):
+    mean_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    worst_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def _ratio(name: str, metric_stem: str, help: str) -> RoundScore:
+    return RoundScore(name, help, f"fl_run_{metric_stem}")
+
+
+class Fairness(Detector):
+    name = "fairness"
+    kinds = (
+        FindingKind(
+            "fairness_regression",
+            "federation",
+            "Mean client accuracy rises while the worst 10% of clients get worse.",
+            "round 18: mean accuracy +1.2 pts over 5 rounds while the worst 10% fell 4.1 pts (to "
+            "38%); threshold 2.0 pts",
+        ),
+    )
+    Thresholds = FairnessThresholds
+    State = FairnessState
+    client_scores = (
+        ClientScore(
+            "federation_benefit",
+            "Client's accuracy under the global model minus its local-only baseline accuracy "
+            "(signed, -1 to 1).",
+            metric="fl_client_federation_benefit_ratio",
+        ),
+    )
+    round_scores = (
+        _ratio(
+            "accuracy_mean",
+            "client_accuracy_mean_ratio",
+            "Mean of the clients' evaluation accuracy.",
+        ),
+        _ratio(
+            "accuracy_std",
+            "client_accuracy_std_ratio",
+            "Standard deviation of the clients' evaluation accuracy.",
+        ),
+        _ratio("accuracy_min", "client_accuracy_min_ratio", "Worst client's evaluation accuracy."),
+        _ratio("accuracy_max", "client_accuracy_max_ratio", "Best client's evaluation accuracy."),
+        _ratio(
+            "accuracy_worst10_mean",
+            "client_accuracy_worst_decile_mean_ratio",
+            "Mean evaluation accuracy of the worst 10% of clients.",
+        ),
+        _ratio(
+            "accuracy_gap",
+            "client_accuracy_gap_ratio",
+            "Best minus worst client evaluation accuracy.",
+        ),
+        _ratio(
+            "accuracy_gini",
+            "client_accuracy_gini_ratio",
+            "Gini coefficient of the clients' evaluation accuracy (0 = equal).",
+        ),
+        _ratio(
+            "accuracy_jain",
+            "client_accuracy_jain_index",
+            "Jain's fairness index of the clients' evaluation accuracy (1 = equal).",
+        ),
+        _ratio(
+            "accuracy_share_below_floor",
+            "client_accuracy_below_floor_ratio",
+            "Share of clients whose evaluation accuracy is below the fairness floor.",
+        ),
+        RoundScore("accuracy_clients", "Clients with a finite evaluation accuracy."),
+        _ratio(
+            "federation_benefit_mean",
+            "federation_benefit_mean_ratio",
+            "Mean per-client accuracy gain of federation over local-only baselines.",
+        ),
+        RoundScore(
+            "federation_benefit_negative_share",
+            "Share of clients with a local baseline that do worse under the global model.",
+        ),
+        _ratio(
+            "fairness_mean_change",
+            "fairness_mean_change_ratio",
+            "Change of the mean client accuracy over the fairness window.",
+        ),
+        _ratio(
+            "fairness_worst10_change",
+            "fairness_worst_decile_change_ratio",
+            "Change of the worst-decile mean client accuracy over the fairness window.",
+        ),
+    )
+
+    def step(self, ctx: RoundContext, state: FairnessState) -> Step:
+        th, ok, data = ctx.th, ctx.ok, ctx.data
+        benefit_all = fairness.federation_benefit(data.eval_accuracy, data.local_accuracy)
+        fs = fairness.fairness_summary(
+            np.where(ok, data.eval_accuracy, np.nan), floor=th.fairness_floor
+        )
+        rs: dict[str, float] = dict(fs)
+        benefit = benefit_all[ok]
+        benefit = benefit[np.isfinite(benefit)]
+        rs["federation_benefit_mean"] = float(benefit.mean()) if benefit.size else math.nan
+        rs["federation_benefit_negative_share"] = (
+            float((benefit < 0).mean()) if benefit.size else math.nan
+        )
+        state.mean_history = np.append(state.mean_history, fs["accuracy_mean"])[-HISTORY_CAP:]
+        state.worst_history = np.append(state.worst_history, fs["accuracy_worst10_mean"])[
+            -HISTORY_CAP:
+        ]
+        mean_ch, worst_ch = math.nan, math.nan
+        w = th.fairness_window
+        if w >= 2 and state.mean_history.size >= w:
+            mean_ch, worst_ch = fairness.fairness_regression(
+                state.mean_history[-w:], state.worst_history[-w:]
+            )
+        rs["fairness_mean_change"] = mean_ch
+        rs["fairness_worst10_change"] = worst_ch
+        active = []
+        if mean_ch > 0 and worst_ch < -th.fairness_worst_drop:
+            drop = -worst_ch
+            active.append(
+                ActiveSignal(
+                    kind="fairness_regression",
+                    severity=severity_for(drop / th.fairness_worst_drop, th.critical_factor),
+                    client_id=None,
+                    score=drop,
+                    threshold=th.fairness_worst_drop,
+                    message=(
+                        f"round {ctx.round}: mean accuracy {'+' if mean_ch >= 0 else ''}{fmt(100 * mean_ch, 1)} pts "
+                        f"over {w} rounds while the worst 10% fell {fmt(100 * drop, 1)} pts "
+                        f"(to {pct(fs['accuracy_worst10_mean'])}); threshold {fmt(100 * th.fairness_worst_drop, 1)} pts"
+                    ),
+                    details={
+                        "mean_change": mean_ch,
+                        "worst10_change": worst_ch,
+                        "window_rounds": w,
+                    },
+                )
+            )
+        return Step(
+            client_scores={"federation_benefit": benefit_all}, round_scores=rs, active=active
+        )

@@ -1,0 +1,49 @@
+"""What a detector emits: active signals, and the helpers their sentences are written with."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["SEVERITIES", "ActiveSignal", "fmt", "pct", "json_num", "severity_for"]
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass
+class ActiveSignal:
+    """One signal over its threshold this round (client-level when ``client_id`` is set)."""
+
+    kind: str
+    severity: str
+    client_id: str | None
+    score: float
+    threshold: float
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind, self.client_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    return f"{float(x):.{nd}f}"
+
+
+def pct(x: float) -> str:
+    return f"{100.0 * float(x):.0f}%"
+
+
+def json_num(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def severity_for(ratio: float, critical_factor: float) -> str:
+    """``critical`` at ``critical_factor`` x the threshold, else ``warning``."""
+    return "critical" if ratio >= critical_factor else "warning"

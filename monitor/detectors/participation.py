@@ -1,0 +1,253 @@
+"""Participation: dropouts, stragglers and a federation-wide participation drop.
+
+* dropout: consecutive rounds a known client failed, dropped out or timed
+  out, or (when every known client was expected) sent nothing;
+* straggler: wall time far out within the round (robust z of its log) *and*
+  a material multiple of the round median;
+* participation_drop: ok reports over expected (``num_sampled`` when the
+  round close sent it, else the run's ``expected_clients``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.detectors.base import (
+    ClientScore,
+    Detector,
+    DetectorStateBase,
+    FindingKind,
+    RoundContext,
+    RoundScore,
+    Step,
+    Streak,
+    client_field,
+    threshold,
+)
+from monitor.detectors.output import ActiveSignal, fmt, json_num, pct, severity_for
+from monitor.signals import divergence, participation
+
+__all__ = ["Participation", "ParticipationThresholds", "ParticipationState"]
+
+
+@dataclass(frozen=True)
+class ParticipationThresholds:
+    participation_min_ratio: float = threshold(
+        0.8, "Ok reports over expected clients below which participation dropped."
+    )
+    dropout_streak_rounds: int = threshold(
+        3, "Consecutive missing/failed rounds before a client counts as dropped out."
+    )
+    straggler_robust_z: float = threshold(
+        3.5, "Robust z of log wall time within the round beyond which a client straggles."
+    )
+    straggler_min_ratio: float = threshold(
+        2.0, "A straggler also takes at least this many times the round's median wall time."
+    )
+
+
+@dataclass
+class ParticipationState(DetectorStateBase):
+    straggler: np.ndarray = client_field(dtype=np.int64)
+    dropout: np.ndarray = client_field(dtype=np.int64)
+    """Streaks; ``dropout`` counts over every known client, present or not."""
+
+
+class Participation(Detector):
+    name = "participation"
+    kinds = (
+        FindingKind(
+            "dropout",
+            "client",
+            "A known client failed or sent nothing for several consecutive rounds.",
+            "client c011: missing from 3 consecutive rounds (no report in round 14); last seen "
+            "round 11",
+        ),
+        FindingKind(
+            "straggler",
+            "client",
+            "The client took far longer than the round's other clients.",
+            "client c005: round took 41.2 s, 10.9x the median 3.78 s (robust z 8.1; thresholds z "
+            "3.5 and 2.0x)",
+        ),
+        FindingKind(
+            "participation_drop",
+            "federation",
+            "Too few of the expected clients reported ok this round.",
+            "round 12: 14 of 20 expected clients reported ok (70%; failed 0, dropped 6, timeout "
+            "0); threshold 80%",
+        ),
+    )
+    Thresholds = ParticipationThresholds
+    calibrated = ("straggler_robust_z",)
+    State = ParticipationState
+    client_scores = (
+        ClientScore(
+            "wall_time_robust_z",
+            "Robust z-score of the client's wall time within the round (high = straggler).",
+            metric="fl_client_wall_time_robust_z",
+        ),
+        ClientScore("wall_time_ratio", "Client's wall time over the round's median wall time."),
+    )
+    round_scores = (
+        RoundScore(
+            "reports", "Client reports in the latest analysed round.", "fl_run_round_reports"
+        ),
+        RoundScore("reports_ok", "Reports with status ok."),
+        RoundScore("reports_failed", "Reports with status failed."),
+        RoundScore("reports_dropped", "Reports with status dropped."),
+        RoundScore("reports_timeout", "Reports with status timeout."),
+        RoundScore(
+            "expected_clients",
+            "Clients expected (sampled) in the latest analysed round.",
+            "fl_run_round_expected_clients",
+        ),
+        RoundScore(
+            "participation_ratio",
+            "Clients that reported ok over clients expected in the latest round.",
+            "fl_run_participation_ratio",
+        ),
+        RoundScore("reported_expected_ratio", "Reports of any status over clients expected."),
+        RoundScore(
+            "clients_known", "Distinct clients seen by the run so far.", "fl_run_clients_known"
+        ),
+        RoundScore(
+            "clients_absent_counted",
+            "Known clients without a report counted as missing this round.",
+        ),
+        RoundScore(
+            "stragglers", "Straggling clients in the latest analysed round.", "fl_run_stragglers"
+        ),
+        RoundScore(
+            "dropouts",
+            "Clients counted as dropped out in the latest analysed round.",
+            "fl_run_dropouts",
+        ),
+    )
+    streaks = (
+        Streak("straggler", "wall time (straggling)"),
+        Streak("dropout", "failure or absence (dropout)"),
+    )
+
+    def step(self, ctx: RoundContext, state: ParticipationState) -> Step:
+        th, ok, idx, data = ctx.th, ctx.ok, ctx.idx, ctx.data
+        wall = data.wall_time_seconds
+        wall_z = participation.straggler_z(wall, ok)
+        wall_ratio = participation.wall_time_ratio(wall, ok)
+        straggler = (
+            ok
+            & (np.nan_to_num(wall_z, nan=0.0) > th.straggler_robust_z)
+            & (np.nan_to_num(wall_ratio, nan=0.0) >= th.straggler_min_ratio)
+        )
+        ctx.collect("straggler_robust_z", wall_z[ctx.healthy])
+        state.straggler[idx] = divergence.update_streak(state.straggler[idx], straggler, ok)
+        # dropouts: explicit non-ok statuses, plus absent known clients when everyone was expected
+        expected = data.num_sampled if data.num_sampled is not None else ctx.cfg.expected_clients
+        k = ctx.num_clients
+        failed_k, ok_k, absent_k = np.zeros(k, bool), np.zeros(k, bool), np.ones(k, bool)
+        failed_k[idx[~ok]] = True
+        ok_k[idx[ok]] = True
+        absent_k[idx] = False
+        count_absent = expected is not None and expected >= k
+        if count_absent:
+            failed_k |= absent_k
+        state.dropout = participation.dropout_streaks(state.dropout, failed_k, ok_k)
+        ctx.add_anomaly(
+            np.minimum(wall_z / th.straggler_robust_z, wall_ratio / th.straggler_min_ratio)
+        )
+        drop_k = np.flatnonzero(state.dropout >= th.dropout_streak_rounds)
+        active = [_straggler(ctx, i, wall_z, wall_ratio) for i in np.flatnonzero(straggler)]
+        active += [_dropout(ctx, state, int(c), absent_k) for c in drop_k]
+        status = np.asarray(data.status, dtype=object)
+        counts = participation.status_counts(status)
+        part = participation.participation_ratio(counts["ok"], expected)
+        rs = {
+            "reports": float(ctx.n),
+            **{f"reports_{s}": float(v) for s, v in counts.items()},
+            "expected_clients": float(expected) if expected else math.nan,
+            "participation_ratio": part,
+            "reported_expected_ratio": participation.participation_ratio(ctx.n, expected),
+            "clients_known": float(k),
+            "clients_absent_counted": float(absent_k.sum()) if count_absent else 0.0,
+            "stragglers": float(straggler.sum()),
+            "dropouts": float(drop_k.size),
+        }
+        if math.isfinite(part) and part < th.participation_min_ratio:
+            active.append(_participation_drop(ctx, part, expected, counts))
+        return Step(
+            client_scores={
+                "wall_time_robust_z": wall_z,
+                "wall_time_ratio": wall_ratio,
+                "straggler_streak_rounds": state.straggler[idx].astype(np.float64),
+                "dropout_streak_rounds": state.dropout[idx].astype(np.float64),
+            },
+            round_scores=rs,
+            active=active,
+        )
+
+
+def _straggler(ctx: RoundContext, i: int, wall_z: np.ndarray, ratio: np.ndarray) -> ActiveSignal:
+    th, cid, wall = ctx.th, ctx.ids[i], ctx.data.wall_time_seconds
+    med = float(np.nanmedian(np.where(ctx.ok, wall, np.nan)))
+    return ActiveSignal(
+        kind="straggler",
+        severity="info",
+        client_id=cid,
+        score=float(wall_z[i]),
+        threshold=th.straggler_robust_z,
+        message=(
+            f"client {cid}: round took {wall[i]:.3g} s, {fmt(ratio[i], 1)}x "
+            f"the median {med:.3g} s (robust z {fmt(wall_z[i], 1)}; thresholds z "
+            f"{fmt(th.straggler_robust_z, 1)} and {fmt(th.straggler_min_ratio, 1)}x)"
+        ),
+        details={
+            "wall_time_seconds": json_num(wall[i]),
+            "median_seconds": json_num(med),
+            "ratio_to_median": json_num(ratio[i]),
+        },
+    )
+
+
+def _dropout(
+    ctx: RoundContext, state: ParticipationState, k: int, absent: np.ndarray
+) -> ActiveSignal:
+    th, rnd = ctx.th, ctx.round
+    cid, streak = str(ctx.client_ids[k]), int(state.dropout[k])
+    present = not absent[k]
+    status = np.asarray(ctx.data.status, dtype=object)
+    what = f"status {status[np.flatnonzero(ctx.idx == k)[0]]}" if present else "no report"
+    last = int(ctx.last_seen_round[k]) if not present else rnd
+    return ActiveSignal(
+        kind="dropout",
+        severity=severity_for(streak / th.dropout_streak_rounds, th.critical_factor),
+        client_id=cid,
+        score=float(streak),
+        threshold=float(th.dropout_streak_rounds),
+        message=(
+            f"client {cid}: missing from {streak} consecutive rounds ({what} in round {rnd}); "
+            f"last seen round {last}"
+        ),
+        details={"streak_rounds": streak, "reported": present},
+    )
+
+
+def _participation_drop(
+    ctx: RoundContext, part: float, expected: int | None, counts: dict[str, int]
+) -> ActiveSignal:
+    th = ctx.th
+    return ActiveSignal(
+        kind="participation_drop",
+        severity=severity_for(th.participation_min_ratio / max(part, 1e-9), th.critical_factor),
+        client_id=None,
+        score=part,
+        threshold=th.participation_min_ratio,
+        message=(
+            f"round {ctx.round}: {counts['ok']} of {expected} expected clients reported ok "
+            f"({pct(part)}; failed {counts['failed']}, dropped {counts['dropped']}, "
+            f"timeout {counts['timeout']}); threshold {pct(th.participation_min_ratio)}"
+        ),
+        details={"reported_ok": counts["ok"], "expected": expected, **counts},
+    )

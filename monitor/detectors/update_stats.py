@@ -1,0 +1,79 @@
+"""The statistics of one round's client updates that the update-anomaly detector judges.
+
+Sketches and norms as sent; a client that sent no norm is judged on its
+sketch's norm when nobody sent one; cosines to the aggregate sketch and to the
+client's own previous sketch; robust z-scores (median/MAD) within the round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.detectors.base import RoundContext, nan_array
+from monitor.signals import divergence
+
+__all__ = ["UpdateRound", "update_round"]
+
+
+@dataclass
+class UpdateRound:
+    """This round's update statistics (arrays over the round's clients)."""
+
+    sketch: np.ndarray
+    norm: np.ndarray
+    norm_src: np.ndarray
+    nonfinite: np.ndarray
+    has_sk: np.ndarray
+    good_norm: np.ndarray
+    cos: np.ndarray
+    cos_prev: np.ndarray
+    norm_ratio: np.ndarray
+    z_norm: np.ndarray
+    z_cos: np.ndarray
+
+
+def update_round(ctx: RoundContext, prev_sketch: np.ndarray) -> UpdateRound:
+    """Cosines, norms and robust z-scores of this round's updates (``prev_sketch``: the state's)."""
+    data, ok, n, idx = ctx.data, ctx.ok, ctx.n, ctx.idx
+    sketch = np.asarray(data.sketch, dtype=np.float64)
+    norm = np.asarray(data.update_norm, dtype=np.float64)
+    wide = bool(sketch.shape[1])
+    nonfinite = (
+        data.nonfinite_update
+        | data.nonfinite_loss
+        | np.isinf(norm)
+        | (divergence.nonfinite_rows(sketch) if wide else False)
+    )
+    has_sk = ok & (np.isfinite(sketch).all(axis=1) if wide else np.zeros(n, dtype=bool))
+    agg = data.aggregate_sketch
+    cos = nan_array(n)
+    if agg is not None and has_sk.any() and np.isfinite(agg).all():
+        cos[has_sk] = divergence.cosine_to(sketch[has_sk], agg)
+    good_norm = ok & np.isfinite(norm)
+    norm_src = norm
+    if not good_norm.any() and has_sk.any():  # no norms sent: the sketch's norm stands in
+        masked = np.where(has_sk[:, None], sketch, 0.0)
+        norm_src = np.where(has_sk, np.linalg.norm(masked, axis=1), np.nan)
+        good_norm = has_sk.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_norm = np.log(np.where(norm_src > 0, norm_src, np.nan))
+    prev_sk = prev_sketch[idx].astype(np.float64)
+    cos_prev = nan_array(n)
+    has_prev = has_sk & np.isfinite(prev_sk).all(axis=1) if wide else np.zeros(n, dtype=bool)
+    if has_prev.any():
+        cos_prev[has_prev] = divergence.rowwise_cosine(sketch[has_prev], prev_sk[has_prev])
+    return UpdateRound(
+        sketch=sketch,
+        norm=norm,
+        norm_src=norm_src,
+        nonfinite=nonfinite,
+        has_sk=has_sk,
+        good_norm=good_norm,
+        cos=cos,
+        cos_prev=cos_prev,
+        norm_ratio=divergence.norm_ratio_to_median(norm_src, good_norm),
+        z_norm=divergence.robust_z(log_norm, good_norm),
+        z_cos=divergence.robust_z(cos, has_sk),
+    )

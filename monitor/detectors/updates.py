@@ -1,0 +1,307 @@
+"""Update anomalies: divergent, stale, free-riding and non-finite client updates.
+
+From the update sketch (a fixed-seed random projection of the model delta)
+and the update norm: cosine to the aggregate sketch and norm over the round
+median, each as a robust z-score (median/MAD) within the round; cosine to the
+client's own previous sketch (stale = a repeated update); a near-zero norm
+(free rider); NaN/inf anywhere (docs/signals.md, "Update divergence, stale
+updates, free riders").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from monitor.detectors.base import (
+    ClientScore,
+    Detector,
+    DetectorStateBase,
+    FindingKind,
+    RoundContext,
+    Step,
+    Streak,
+    client_field,
+    threshold,
+)
+from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
+from monitor.detectors.update_stats import UpdateRound, update_round
+from monitor.signals import divergence
+
+__all__ = ["UpdateAnomalies", "UpdateThresholds", "UpdateState"]
+
+
+@dataclass(frozen=True)
+class UpdateThresholds:
+    update_robust_z: float = threshold(
+        3.5, "Robust z (median/MAD) beyond which an update is unusual."
+    )
+    update_norm_min_ratio: float = threshold(
+        3.0,
+        "The norm side of divergence also needs norm >= this x the round median (or <= 1/this).",
+    )
+    update_cosine_min_drop: float = threshold(
+        0.5, "The cosine side also needs the cosine this far below the round's median cosine."
+    )
+    update_divergence_min_streak: int = threshold(
+        2, "Consecutive unusual rounds before update_divergence fires."
+    )
+    stale_cosine_min: float = threshold(
+        0.999999, "Cosine to the client's previous sketch at or above which an update repeats."
+    )
+    stale_norm_rtol: float = threshold(
+        1e-6, "Relative norm difference to the previous update within which it repeats."
+    )
+    free_rider_norm_ratio: float = threshold(
+        0.01, "Norm at or below this x the round median (or exactly 0) is a free rider."
+    )
+
+
+@dataclass
+class UpdateState(DetectorStateBase):
+    prev_sketch: np.ndarray = client_field(fill=np.nan, dtype=np.float32)
+    prev_norm: np.ndarray = client_field(fill=np.nan)
+    update_anomaly: np.ndarray = client_field(dtype=np.int64)
+    stale_update: np.ndarray = client_field(dtype=np.int64)
+    free_rider: np.ndarray = client_field(dtype=np.int64)
+    nonfinite_update: np.ndarray = client_field(dtype=np.int64)
+    """Streaks (consecutive observed rounds) of each signal."""
+
+    @classmethod
+    def fresh(cls, cfg: Any, num_clients: int) -> UpdateState:
+        out = cls(prev_sketch=np.full((0, cfg.sketch_dim), np.nan, dtype=np.float32))
+        out.grow(num_clients, 0)
+        return out
+
+
+class UpdateAnomalies(Detector):
+    """``values``: ``nonfinite`` (clients that sent NaN/inf), ``divergent`` (update_divergence fired)."""
+
+    name = "update_anomalies"
+    kinds = (
+        FindingKind(
+            "update_divergence",
+            "client",
+            "The client's update points elsewhere or is far larger/smaller than the round's, for "
+            "several rounds.",
+            "client c004: update diverges for 2 rounds; cosine to aggregate -0.31 (robust z -6.2), "
+            "norm 1.02x median (robust z 0.1); threshold |z| 3.5",
+        ),
+        FindingKind(
+            "stale_update",
+            "client",
+            "The client re-sends its previous update.",
+            "client c009: update repeats its previous one for 3 rounds (cosine 1.00000, same norm "
+            "0.4121)",
+        ),
+        FindingKind(
+            "free_rider",
+            "client",
+            "The client sends a near-zero update.",
+            "client c002: near-zero update (norm 1e-06, 0.0000x the round median) for 4 rounds",
+        ),
+        FindingKind(
+            "nonfinite_update",
+            "client",
+            "The client sent NaN/inf in its update, sketch or loss.",
+            "client c017: sent NaN/inf in its update and sketch",
+        ),
+    )
+    Thresholds = UpdateThresholds
+    calibrated = ("update_robust_z",)
+    State = UpdateState
+    client_scores = (
+        ClientScore(
+            "update_cosine",
+            "Cosine between the client's update sketch and the aggregate update sketch.",
+            metric="fl_client_update_cosine",
+            quantile="fl_run_client_update_cosine_quantile",
+            quantile_what="client update cosine",
+        ),
+        ClientScore(
+            "update_cosine_robust_z",
+            "Robust z-score (median/MAD) of the client's update cosine within the round (low = "
+            "divergent).",
+            metric="fl_client_update_cosine_robust_z",
+        ),
+        ClientScore(
+            "update_cosine_previous",
+            "Cosine between the client's sketch and its own previous sketch (1 = repeated).",
+        ),
+        ClientScore(
+            "update_norm_ratio",
+            "Client's update L2 norm over the round's median client update norm.",
+            metric="fl_client_update_norm_ratio",
+            quantile="fl_run_client_update_norm_ratio_quantile",
+            quantile_what="client update norm ratio",
+        ),
+        ClientScore(
+            "update_norm_robust_z",
+            "Robust z-score (median/MAD) of the client's update norm within the round.",
+            metric="fl_client_update_norm_robust_z",
+        ),
+    )
+    streaks = (
+        Streak("update_anomaly", "update divergence (norm or direction)"),
+        Streak("stale_update", "stale (repeated) update"),
+        Streak("free_rider", "near-zero (free-riding) update"),
+        Streak("nonfinite_update", "non-finite (NaN/Inf) update or loss"),
+    )
+    flagged_counts = ("update_divergence", "stale_update", "free_rider", "nonfinite_update")
+
+    def step(self, ctx: RoundContext, state: UpdateState) -> Step:
+        th, ok, idx = ctx.th, ctx.ok, ctx.idx
+        u = update_round(ctx, state.prev_sketch)
+        stale = ok & divergence.stale_updates(
+            u.cos_prev, u.norm_src, state.prev_norm[idx], th.stale_cosine_min, th.stale_norm_rtol
+        )
+        free = u.good_norm & divergence.free_riders(
+            u.norm_ratio, u.norm_src, th.free_rider_norm_ratio
+        )
+        # a robust z says "unusual for this round"; when the round's spread is tiny
+        # (IID clients) small differences are far out, so each side also needs a
+        # material effect: a norm off by a factor, a cosine well below the round's
+        score = divergence.divergence_score(
+            u.z_norm,
+            u.norm_ratio,
+            u.z_cos,
+            u.cos,
+            u.has_sk,
+            z_cap=th.update_robust_z,
+            norm_min_ratio=th.update_norm_min_ratio,
+            cosine_min_drop=th.update_cosine_min_drop,
+        )
+        unusual = (
+            ok
+            & ~free
+            & ~stale
+            & ~u.nonfinite
+            & (np.nan_to_num(score, nan=0.0) > th.update_robust_z)
+        )
+        ctx.collect("update_robust_z", score[ctx.healthy & ~free & ~stale])
+        if u.sketch.shape[1]:
+            state.prev_sketch[idx[u.has_sk]] = u.sketch[u.has_sk].astype(np.float32)
+        upd = ok & np.isfinite(u.norm_src)
+        state.prev_norm[idx[upd]] = u.norm_src[upd]
+        everyone = np.ones(ctx.n, dtype=bool)
+        for name, flag, observed in (
+            ("update_anomaly", unusual, ok),
+            ("stale_update", stale, ok),
+            ("free_rider", free, ok),
+            ("nonfinite_update", u.nonfinite, everyone),
+        ):
+            streak = getattr(state, name)
+            streak[idx] = divergence.update_streak(streak[idx], flag, observed)
+        persistent = state.update_anomaly[idx] >= th.update_divergence_min_streak
+        divergent = persistent & unusual
+        # np.minimum, not fmin: a missing score (too few clients, a failed client) must stay
+        # missing (0 in the anomaly score), not become exactly the alarm line.
+        capped = np.where(unusual | persistent, score, np.minimum(score, th.update_robust_z))
+        ctx.add_anomaly(capped / th.update_robust_z)
+        ctx.add_anomaly(np.where(stale | free, 1.0, 0.0))
+        ctx.mark_infinite_anomaly(u.nonfinite)
+        active = [_divergence(ctx, state, u, score, i) for i in np.flatnonzero(divergent)]
+        active += [_stale(ctx, state, u, i) for i in np.flatnonzero(stale)]
+        active += [_free(ctx, state, u, i) for i in np.flatnonzero(free)]
+        active += [_nonfinite(ctx, u, i) for i in np.flatnonzero(u.nonfinite)]
+        client_scores = {
+            "update_cosine": u.cos,
+            "update_cosine_robust_z": u.z_cos,
+            "update_cosine_previous": u.cos_prev,
+            "update_norm_ratio": u.norm_ratio,
+            "update_norm_robust_z": u.z_norm,
+        }
+        for s in self.streaks:
+            client_scores[s.score] = getattr(state, s.name)[idx].astype(np.float64)
+        return Step(
+            client_scores=client_scores,
+            round_scores={
+                "clients_update_divergence": float(divergent.sum()),
+                "clients_stale_update": float(stale.sum()),
+                "clients_free_rider": float(free.sum()),
+                "clients_nonfinite_update": float(u.nonfinite.sum()),
+            },
+            active=active,
+            values={"nonfinite": u.nonfinite, "divergent": divergent},
+        )
+
+
+def _divergence(
+    ctx: RoundContext, state: UpdateState, u: UpdateRound, score: np.ndarray, i: int
+) -> ActiveSignal:
+    th, cid = ctx.th, ctx.ids[i]
+    k = int(state.update_anomaly[ctx.idx[i]])
+    return ActiveSignal(
+        kind="update_divergence",
+        severity=severity_for(float(score[i]) / th.update_robust_z, th.critical_factor),
+        client_id=cid,
+        score=float(score[i]),
+        threshold=th.update_robust_z,
+        message=(
+            f"client {cid}: update diverges for {k} rounds; cosine to aggregate "
+            f"{fmt(u.cos[i])} (robust z {fmt(u.z_cos[i], 1)}), norm {fmt(u.norm_ratio[i])}x median "
+            f"(robust z {fmt(u.z_norm[i], 1)}); threshold |z| {fmt(th.update_robust_z, 1)}"
+        ),
+        details={
+            "cosine": json_num(u.cos[i]),
+            "cosine_robust_z": json_num(u.z_cos[i]),
+            "norm_ratio": json_num(u.norm_ratio[i]),
+            "norm_robust_z": json_num(u.z_norm[i]),
+            "streak_rounds": k,
+        },
+    )
+
+
+def _stale(ctx: RoundContext, state: UpdateState, u: UpdateRound, i: int) -> ActiveSignal:
+    cid, c = ctx.ids[i], u.cos_prev[i]
+    return ActiveSignal(
+        kind="stale_update",
+        severity="warning",
+        client_id=cid,
+        score=float(np.nan_to_num(c, nan=1.0)),
+        threshold=ctx.th.stale_cosine_min,
+        message=(
+            f"client {cid}: update repeats its previous one for "
+            f"{int(state.stale_update[ctx.idx[i]])} rounds (cosine "
+            f"{fmt(c, 5) if np.isfinite(c) else 'n/a'}, same norm {fmt(u.norm_src[i], 4)})"
+        ),
+        details={"cosine_previous": json_num(c), "norm": json_num(u.norm_src[i])},
+    )
+
+
+def _free(ctx: RoundContext, state: UpdateState, u: UpdateRound, i: int) -> ActiveSignal:
+    cid, ratio = ctx.ids[i], np.nan_to_num(u.norm_ratio[i], nan=0.0)
+    return ActiveSignal(
+        kind="free_rider",
+        severity="warning",
+        client_id=cid,
+        score=float(ratio),
+        threshold=ctx.th.free_rider_norm_ratio,
+        message=(
+            f"client {cid}: near-zero update (norm {u.norm_src[i]:.3g}, "
+            f"{fmt(ratio, 4)}x the round median) for "
+            f"{int(state.free_rider[ctx.idx[i]])} rounds"
+        ),
+        details={"norm": json_num(u.norm_src[i]), "norm_ratio": json_num(u.norm_ratio[i])},
+    )
+
+
+def _nonfinite(ctx: RoundContext, u: UpdateRound, i: int) -> ActiveSignal:
+    cid, data = ctx.ids[i], ctx.data
+    parts = (
+        ("update", bool(data.nonfinite_update[i] or np.isinf(u.norm[i]))),
+        ("sketch", bool(u.sketch.shape[1] and divergence.nonfinite_rows(u.sketch[i : i + 1])[0])),
+        ("loss", bool(data.nonfinite_loss[i])),
+    )
+    what = [w for w, b in parts if b]
+    return ActiveSignal(
+        kind="nonfinite_update",
+        severity="critical",
+        client_id=cid,
+        score=1.0,
+        threshold=0.5,
+        message=f"client {cid}: sent NaN/inf in its {' and '.join(what) or 'update'}",
+        details={"fields": what},
+    )
