@@ -107,7 +107,7 @@ class FindingRow(SQLModel, table=True):
 
 
 class DetectorStateRow(SQLModel, table=True):
-    """The signal engine's memory of a run between rounds (see monitor/detectors.py).
+    """The signal engine's memory of a run between rounds (see monitor/detectors/state.py).
 
     Kept in the store, not in a worker's memory, and locked while a round is
     analysed, so that any number of workers produce the findings one would.
