@@ -92,6 +92,10 @@ class Registry:
         """A registry with ``detector`` appended (tests, docs/extending.md)."""
         return Registry([*self.detectors, detector])
 
+    def state_types(self) -> dict[str, type]:
+        """Detector name -> its state class (what :meth:`DetectorState.from_bytes` reads)."""
+        return {d.name: d.State for d in self.detectors}
+
     # -- finding kinds -------------------------------------------------------
 
     def finding_kinds(self) -> tuple[FindingKind, ...]:

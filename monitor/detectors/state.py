@@ -130,7 +130,7 @@ class DetectorState:
         if state_types is None:
             from monitor.detectors.registry import DEFAULT
 
-            state_types = {d.name: d.State for d in DEFAULT.detectors}
+            state_types = DEFAULT.state_types()
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         header = json.loads(bytes(arrays.pop("__header__")).decode())
