@@ -100,6 +100,21 @@ def _chart(chart_id: str, title: str, note: str = "") -> str:
     return f'<section><h2>{e(title)}</h2>{note_html}<div class="chart" id="{chart_id}"></div></section>'
 
 
+def _top_features(rows: list[dict[str, Any]] | None) -> str:
+    """The features that moved most (from the client's feature-drift finding)."""
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{e(r.get('feature'))}</td><td>{_fmt(r.get('psi'), 2)}</td>"
+        f"<td>{_fmt(r.get('wasserstein_std'), 2)}</td><td>{_fmt(r.get('ks'), 2)}</td></tr>"
+        for r in rows
+    )
+    return (
+        '<table class="features"><thead><tr><th>feature that moved most</th><th>PSI</th>'
+        f"<th>Wasserstein (std)</th><th>KS</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
 def _client_sections(data: dict[str, Any]) -> str:
     out = []
     for c in data["clients"]:
@@ -111,7 +126,7 @@ def _client_sections(data: dict[str, Any]) -> str:
         )
         out.append(
             f'<section class="client" id="{anchor}" data-client="{e(cid)}"><h3>client {e(cid)}</h3>'
-            f'<ul class="client-findings">{items}</ul><div class="row">'
+            f'<ul class="client-findings">{items}</ul>{_top_features(c.get("top_features"))}<div class="row">'
             f'<div class="chart small" id="{anchor}-labels"></div>'
             f'<div class="chart small" id="{anchor}-drift"></div>'
             f'<div class="chart small" id="{anchor}-loss"></div></div></section>'

@@ -26,6 +26,8 @@ def test_report_is_one_html_page_with_no_external_resource(faulty_run) -> None: 
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     page = response.text
     assert page.startswith("<!doctype html>") and f'id="client-{DRIFTING}"' in page
+    section = page[page.index(f'id="client-{DRIFTING}"') :]
+    assert "feature that moved most" in section.split("</section>")[0], "the drifted pixels, named"
     markup = re.sub(
         r"<script[^>]*>.*?</script>", "", page, flags=re.S
     )  # the browser test watches scripts
