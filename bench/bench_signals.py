@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.detectors import DetectorState, Thresholds, analyze_round  # noqa: E402
-from monitor.signals.synthetic import Fault, SyntheticFederation  # noqa: E402
+from monitor.evaluation.synthetic import Fault, SyntheticFederation  # noqa: E402
 
 
 def main() -> None:

@@ -318,7 +318,9 @@ class DomainCollector(Collector):
         ).add_metric(r, float(run.expected_clients))
         if run.planned_rounds is not None:
             gauge(
-                "fl_run_planned_rounds", "Rounds the run was registered to last (absent if not declared).", ["run"]
+                "fl_run_planned_rounds",
+                "Rounds the run was registered to last (absent if not declared).",
+                ["run"],
             ).add_metric(r, float(run.planned_rounds))
         gauge(
             "fl_run_last_activity_timestamp_seconds",
@@ -354,47 +356,8 @@ class DomainCollector(Collector):
         for signal in FLAGGED_COUNTS:
             flagged.add_metric([run.run_id, signal], float(rs.get(f"clients_{signal}", math.nan)))
 
-        # findings
-        counts = {(k, s): 0 for k in FINDING_KINDS for s in SEVERITIES}
-        streak = dict.fromkeys(RUN_SIGNAL_KINDS, 0)
-        latest = scores.round if scores else None
-        for kind, severity, client_id, _first, last_round, _score, details in findings:
-            counts[(kind, severity)] = counts.get((kind, severity), 0) + 1
-            if client_id is None and kind in streak and last_round == latest:
-                # consecutive active rounds (quiet rounds inside an open finding do not count)
-                active = json.loads(details or "{}").get("active_streak", 1)
-                streak[kind] = max(streak[kind], int(active))
-        fam = gauge(
-            "fl_run_findings_open",
-            "Open findings by kind and severity.",
-            ["run", "kind", "severity"],
-        )
-        for (kind, severity), n in counts.items():
-            fam.add_metric([run.run_id, kind, severity], float(n))
-        fam = gauge(
-            "fl_run_signal_streak_rounds",
-            "Consecutive analysed rounds (up to the latest) in which a federation-level finding was active; 0 = not now.",
-            ["run", "kind"],
-        )
-        for kind, n in streak.items():
-            fam.add_metric([run.run_id, kind], float(n))
-
-        # federation quantiles (always present)
-        for name, key, what in QUANTILE_SCORES:
-            fam = gauge(
-                name, f"Quantile q of the {what} over the latest round's clients.", ["run", "q"]
-            )
-            values = scores.client_scores.get(key) if scores else None
-            finite = values[~np.isnan(values)] if values is not None else np.empty(0)
-            # "higher": an order statistic, no interpolation, so +Inf scores (clients that sent
-            # non-finite updates) stay +Inf instead of turning the quantile into inf - inf = NaN.
-            qs = (
-                np.quantile(finite, QUANTILES, method="higher")
-                if finite.size
-                else [math.nan] * len(QUANTILES)
-            )
-            for q, v in zip(QUANTILES, qs, strict=True):
-                fam.add_metric([run.run_id, f"{q:g}"], float(v))
+        self._finding_metrics(run, findings, scores, gauge)
+        self._quantile_metrics(run, scores, gauge)
 
         # per client, capped
         flagged_clients = {f[2]: f[1] for f in findings if f[2] is not None and f[1] == "critical"}
@@ -422,6 +385,52 @@ class DomainCollector(Collector):
             if client_id in exported:
                 open_by_client.add_metric([run.run_id, client_id, kind, severity], 1.0)
         return len(selected)
+
+    def _finding_metrics(  # type: ignore[no-untyped-def]
+        self, run: _RunState, findings: list[tuple], scores: RoundScores | None, gauge
+    ) -> None:
+        """Open findings by kind and severity, and the federation-level streaks."""
+        counts = {(k, s): 0 for k in FINDING_KINDS for s in SEVERITIES}
+        streak = dict.fromkeys(RUN_SIGNAL_KINDS, 0)
+        latest = scores.round if scores else None
+        for kind, severity, client_id, _first, last_round, _score, details in findings:
+            counts[(kind, severity)] = counts.get((kind, severity), 0) + 1
+            if client_id is None and kind in streak and last_round == latest:
+                # consecutive active rounds (quiet rounds inside an open finding do not count)
+                active = json.loads(details or "{}").get("active_streak", 1)
+                streak[kind] = max(streak[kind], int(active))
+        fam = gauge(
+            "fl_run_findings_open",
+            "Open findings by kind and severity.",
+            ["run", "kind", "severity"],
+        )
+        for (kind, severity), n in counts.items():
+            fam.add_metric([run.run_id, kind, severity], float(n))
+        fam = gauge(
+            "fl_run_signal_streak_rounds",
+            "Consecutive analysed rounds (up to the latest) in which a federation-level finding was active; 0 = not now.",
+            ["run", "kind"],
+        )
+        for kind, n in streak.items():
+            fam.add_metric([run.run_id, kind], float(n))
+
+    def _quantile_metrics(self, run: _RunState, scores: RoundScores | None, gauge) -> None:  # type: ignore[no-untyped-def]
+        """Federation quantiles of the key client scores (always present, whatever the cap)."""
+        for name, key, what in QUANTILE_SCORES:
+            fam = gauge(
+                name, f"Quantile q of the {what} over the latest round's clients.", ["run", "q"]
+            )
+            values = scores.client_scores.get(key) if scores else None
+            finite = values[~np.isnan(values)] if values is not None else np.empty(0)
+            # "higher": an order statistic, no interpolation, so +Inf scores (clients that sent
+            # non-finite updates) stay +Inf instead of turning the quantile into inf - inf = NaN.
+            qs = (
+                np.quantile(finite, QUANTILES, method="higher")
+                if finite.size
+                else [math.nan] * len(QUANTILES)
+            )
+            for q, v in zip(QUANTILES, qs, strict=True):
+                fam.add_metric([run.run_id, f"{q:g}"], float(v))
 
     def _select_clients(
         self, session: Session, run_id: str, scores: RoundScores | None, flagged: dict[str, str]

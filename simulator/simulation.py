@@ -33,6 +33,14 @@ import numpy as np
 import torch
 
 from collectors.sink import ReportSink
+from collectors.stats import (
+    add_histogram_noise,
+    feature_bin_edges,
+    feature_histograms,
+    label_histograms,
+    sketch,
+    sketch_matrix,
+)
 from simulator import faults as F
 from simulator.baselines import centralized_epochs, train_centralized, train_local_baselines
 from simulator.data import Dataset, load_dataset
@@ -40,15 +48,7 @@ from simulator.dp import PrivacyLedger, clip_updates, dp_aggregate
 from simulator.models import Params, flatten, get_params, make_model, num_params, unflatten
 from simulator.partition import make_partition, split_held_out
 from simulator.scenario import Scenario
-from simulator.stats import (
-    add_histogram_noise,
-    fairness_summary,
-    feature_bin_edges,
-    feature_histograms,
-    label_histograms,
-    sketch,
-    sketch_matrix,
-)
+from simulator.stats import fairness_summary
 from simulator.telemetry import TelemetryReleases
 from simulator.train import evaluate_groups, make_schedule, train
 
@@ -436,9 +436,7 @@ class Simulation:
                 lab, feat = lab.astype(np.int64), feat.astype(np.int64)
             global_now = flatten(self.global_params)
             scalars = (
-                self._client_scalars(trainers, deltas, global_now)
-                if s.secure_aggregation
-                else None
+                self._client_scalars(trainers, deltas, global_now) if s.secure_aggregation else None
             )
             lab_l, feat_l = lab.tolist(), feat.tolist()
             for i, k in enumerate(trainers):

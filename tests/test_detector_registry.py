@@ -22,8 +22,8 @@ from monitor.detectors import (
     reference,
 )
 from monitor.detectors.label_drift import LabelDrift, LabelDriftState
+from monitor.evaluation.synthetic import Fault, SyntheticFederation
 from monitor.schemas import DPConfig
-from monitor.signals.synthetic import Fault, SyntheticFederation
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMAT1 = ROOT / "tests" / "data" / "detector_state_format1.npz"

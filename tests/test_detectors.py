@@ -21,9 +21,9 @@ from monitor.detectors import (
     Thresholds,
     analyze_round,
 )
+from monitor.evaluation.synthetic import Fault, SyntheticFederation
 from monitor.schemas import ClientReport, DPConfig, HistogramNoise, RoundClose
 from monitor.signals import drift
-from monitor.signals.synthetic import Fault, SyntheticFederation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,7 +312,7 @@ def test_clients_are_aligned_by_id_not_position():
         d = fed.round(t)
         a = analyze_round(run, Thresholds(), st_a, d)
         perm = rng.permutation(d.n)
-        from monitor.signals.synthetic import _subset
+        from monitor.evaluation.synthetic import _subset
 
         b = analyze_round(run, Thresholds(), st_b, _subset(d, perm))
         st_a, st_b = a.state, b.state

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from monitor.detectors import DEFAULT, DetectorState, analyze_round
-from monitor.signals.synthetic import SyntheticFederation
+from monitor.evaluation.synthetic import SyntheticFederation
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "detectors" / "train_eval_gap.py"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from monitor.detectors import ActiveSignal, DetectorState, Thresholds, analyze_round
+from monitor.evaluation.synthetic import Fault, SyntheticFederation
 from monitor.findings import FindingRecord, reconcile
-from monitor.signals.synthetic import Fault, SyntheticFederation
 
 
 def sig(kind="label_drift", client="c1", score=0.5, severity="warning"):

@@ -55,6 +55,7 @@ from collectors.flower.records import (
     first_record,
     flatten_arrays,
 )
+from collectors.stats import client_feature_histograms, label_histogram
 from monitor.signals.update_scalars import update_scalars
 
 log = logging.getLogger("fedsentinel.flower")
@@ -80,28 +81,6 @@ DataFn = Callable[[Context, int], LocalData]
 """``(context, server_round) -> LocalData``: the data this client trains on in that round."""
 EvaluateFn = Callable[[ArrayRecord, np.ndarray, np.ndarray], tuple[float, float]]
 """``(global arrays, X_heldout, y_heldout) -> (loss, accuracy)``."""
-
-
-def label_histogram(y: np.ndarray, num_classes: int) -> np.ndarray:
-    y = np.asarray(y, dtype=np.int64)
-    y = y[(y >= 0) & (y < num_classes)]
-    return np.bincount(y, minlength=num_classes).astype(np.float64)
-
-
-def feature_histograms(X: np.ndarray, edges: list[np.ndarray]) -> list[np.ndarray]:
-    """Per feature, counts on the shared edges.
-
-    The binning of :func:`simulator.stats.feature_histograms` for one client
-    (left-closed bins, out-of-range values in the outer bins); written out here
-    so the mod does not import the simulator (and torch) into every worker.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    out = []
-    for f, e in enumerate(edges):
-        nb = len(e) - 1
-        idx = np.clip(np.searchsorted(e, X[:, f], side="right") - 1, 0, nb - 1)
-        out.append(np.bincount(idx, minlength=nb).astype(np.float64))
-    return out
 
 
 class UpdateMemory:
@@ -286,7 +265,7 @@ class MonitorMod:
         hists = []
         if lengths:
             edges = decode_edges(settings["edges"], lengths)
-            hists = feature_histograms(data.X_train, edges)
+            hists = client_feature_histograms(data.X_train, edges)
         budget = self._budget(context, settings)
         run_id = str(settings.get("run_id", ""))
         if budget is not None:

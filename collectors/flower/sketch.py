@@ -10,7 +10,7 @@ For a large model ``R`` does not fit in memory (11M parameters x 64 dims is
   at 64 dims);
 * its entries are ``torch.randn(rows, D)`` from a generator seeded with
   :func:`block_seed` ``(seed, b)``; block 0 uses ``seed`` itself, so for
-  ``P <= B`` ``R`` is exactly :func:`simulator.stats.sketch_matrix` ``(P, D, seed)``
+  ``P <= B`` ``R`` is exactly :func:`collectors.stats.sketch_matrix` ``(P, D, seed)``
   (the simulator's sketches and the Flower ones agree on small models).
 
 ``R`` depends on ``(P, D, seed)`` only, never on how the vectors are split into

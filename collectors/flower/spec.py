@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from collectors.stats import feature_bin_edges
 from monitor.schemas import RunCreate, TaskSpec
 
 
@@ -25,15 +26,13 @@ def run_spec(
 ) -> RunCreate:
     """A ``RunCreate`` whose feature bin edges are the quantiles of ``X_reference``.
 
-    Edges come from :func:`simulator.stats.feature_bin_edges` (the simulator's
-    convention); pass ``X_reference=None`` for no feature histograms. ``extra``
+    Edges come from :func:`collectors.stats.feature_bin_edges` (the simulator's
+    convention too); pass ``X_reference=None`` for no feature histograms. ``extra``
     goes to ``RunCreate`` as is (``name``, ``thresholds``, ``dp``, ``metadata``...).
     """
     edges: list[list[float]] = []
     names: list[str] = []
     if X_reference is not None:
-        from simulator.stats import feature_bin_edges
-
         X = np.asarray(X_reference, dtype=np.float64)
         edges = [e.tolist() for e in feature_bin_edges(X, bins)]
         names = (

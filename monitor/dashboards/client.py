@@ -18,6 +18,7 @@ from monitor.dashboards.kit import (
     thresholds_override,
     timeseries_panel,
 )
+from monitor.detectors.registry import DEFAULT as REGISTRY
 
 UID = "fedsentinel-client"
 R = 'run="$run"'
@@ -32,12 +33,13 @@ ALERTING_STREAKS = (
 )
 """(streak metric stem, alert rule, legend) of the streaks an alert fires on at the same count."""
 
-SIGNALS = (
-    ("label_drift", "label drift"), ("feature_drift", "feature drift"),
-    ("performance_drift", "performance drift"), ("update_anomaly", "update anomaly"),
-    ("stale_update", "stale update"), ("free_rider", "free rider"), ("nonfinite_update", "non-finite update"),
-    ("straggler", "straggler"), ("dropout", "dropout"),
-)  # fmt: skip
+_LEGEND = {"nonfinite_update": "non-finite update"}
+SIGNALS = tuple(
+    (s.name, _LEGEND.get(s.name, s.name.replace("_", " ")))
+    for s in REGISTRY.streaks()
+    if s.name != "drift"
+)
+"""(streak, legend) of every per-client signal streak except the combined drift one, from the registry."""
 """Every per-client signal with a streak gauge (a finding of that kind is open while it is > 0)."""
 
 
@@ -53,11 +55,17 @@ def build() -> dict[str, Any]:
     )
     b.variable(run_variable()).variable(client_variable())
 
+    for section in (_now, _drift, _performance, _updates, _streaks_and_findings):
+        section(b)
+    return b.build()
+
+
+def _now(b: Board) -> None:
+    """The client now: anomaly score, accuracy and the alerting streaks as stats."""
     drift = threshold("FLClientDataDrift")
     perf = threshold("FLClientPerformanceDrift")
     update = threshold("FLClientUpdateAnomaly")
     nonfinite = threshold("FLClientNonFiniteUpdate")
-
     b.row("Client $client now")
     b.add(stat_panel("Anomaly score",
                      "Combined anomaly score: the largest of the client's signals over their thresholds "
@@ -82,6 +90,9 @@ def build() -> dict[str, Any]:
                      [query(f"fl_client_nonfinite_update_streak_rounds{{{RC}}}")], decimals=0,
                      thresholds=alert_steps(nonfinite)), 4, 4)  # fmt: skip
 
+
+def _drift(b: Board) -> None:
+    """Label and feature drift against the reference and the federation."""
     b.row("Drift")
     b.add(timeseries_panel(
         "Label drift distance",
@@ -108,6 +119,9 @@ def build() -> dict[str, Any]:
         minimum=0, fill=0, thresholds=steps((1, "orange")),
     ), 8)  # fmt: skip
 
+
+def _performance(b: Board) -> None:
+    """Accuracy against the federation; loss and its change point."""
     b.row("Performance")
     b.add(timeseries_panel(
         "Evaluation accuracy vs the federation",
@@ -128,6 +142,9 @@ def build() -> dict[str, Any]:
         minimum=0, fill=0,
     ), 12)  # fmt: skip
 
+
+def _updates(b: Board) -> None:
+    """Update norm, direction and robust z-scores."""
     b.row("Updates")
     b.add(timeseries_panel(
         "Update norm ratio",
@@ -156,6 +173,10 @@ def build() -> dict[str, Any]:
         fill=0,
     ), 8)  # fmt: skip
 
+
+def _streaks_and_findings(b: Board) -> None:
+    """Streaks (alerting and not), active findings by kind, open findings."""
+    nonfinite = threshold("FLClientNonFiniteUpdate")
     b.row("Streaks and findings")
     alerting = [
         threshold(rule, f"fl_client_{stem}_streak_rounds") for stem, rule, _ in ALERTING_STREAKS
@@ -201,4 +222,3 @@ def build() -> dict[str, Any]:
         hide=("Time", "Value", "__name__", "job", "instance", "run", "client"),
         sort_by="severity",
     ), 24, 6)  # fmt: skip
-    return b.build()

@@ -42,6 +42,13 @@ def build() -> dict[str, Any]:
         tags=["overview"],
     ).variable(run_variable())
 
+    for section in (_now, _global_model, _participation, _findings, _fairness, _privacy, _clients):
+        section(b)
+    return b.build()
+
+
+def _now(b: Board) -> None:
+    """The "Now" row."""
     b.row("Now")
     b.add(stat_panel("Current round", "Latest round the engine has analysed (-1 before the first).",
                      [query(f"fl_run_round{{{R}}}")], decimals=0, graph=False), 4, 4)  # fmt: skip
@@ -58,6 +65,9 @@ def build() -> dict[str, Any]:
     b.add(stat_panel("Clients", "Distinct clients the run has seen so far.",
                      [query(f"fl_run_clients_known{{{R}}}")], decimals=0), 4, 4)  # fmt: skip
 
+
+def _global_model(b: Board) -> None:
+    """The "Global model" row."""
     b.row("Global model")
     b.add(timeseries_panel(
         "Global accuracy vs centralized baseline",
@@ -105,6 +115,9 @@ def build() -> dict[str, Any]:
         [query(f"fl_run_global_stagnation_improvement_ratio{{{R}}}", "improvement")], unit="percentunit",
     ), 6)  # fmt: skip
 
+
+def _participation(b: Board) -> None:
+    """The "Participation" row."""
     b.row("Participation")
     b.add(timeseries_panel(
         "Reports vs expected",
@@ -130,6 +143,9 @@ def build() -> dict[str, Any]:
         thresholds=alert_steps(participation), minimum=0, decimals=0,
     ), 6)  # fmt: skip
 
+
+def _findings(b: Board) -> None:
+    """The "Findings" row."""
     b.row("Findings")
     b.add(bargauge_panel(
         "Open findings by kind and severity",
@@ -145,6 +161,9 @@ def build() -> dict[str, Any]:
         overrides=[color_override("critical", "red"), color_override("warning", "orange"), color_override("info", "blue")],
     ), 12, 9)  # fmt: skip
 
+
+def _fairness(b: Board) -> None:
+    """The "Fairness" row."""
     b.row("Fairness")
     b.add(timeseries_panel(
         "Fairness band",
@@ -195,6 +214,9 @@ def build() -> dict[str, Any]:
         unit="percentunit", fill=0,
     ), 8)  # fmt: skip
 
+
+def _privacy(b: Board) -> None:
+    """The "Privacy" row."""
     b.row("Privacy")
     budget = (threshold("FLPrivacyBudgetNearlySpent"), threshold("FLPrivacyBudgetExhausted"))
     target = f"(fl_run_privacy_epsilon{{{R}}} / fl_run_privacy_budget_spent_ratio{{{R}}})"
@@ -233,6 +255,9 @@ def build() -> dict[str, Any]:
         thresholds=alert_steps(*budget), graph=False,
     ), 4)  # fmt: skip
 
+
+def _clients(b: Board) -> None:
+    """The "Clients" row."""
     b.row("Clients")
     drift = threshold("FLClientDataDrift")
     b.add(table_panel(
@@ -275,4 +300,3 @@ def build() -> dict[str, Any]:
         "Clients flagged by signal", "Clients over threshold for each signal in the latest analysed round.",
         [query(f"fl_run_clients_flagged{{{R}}}", "{{signal}}")], stacked=True, minimum=0, decimals=0, fill=40,
     ), 12)  # fmt: skip
-    return b.build()

@@ -10,10 +10,10 @@ pytest.importorskip("flwr", reason="flwr is not installed: pip install -e '.[flo
 import torch  # noqa: E402
 from flwr.app import Array, ArrayRecord  # noqa: E402
 
+from collectors import stats  # noqa: E402
 from collectors.flower import sketch as sk  # noqa: E402
 from collectors.flower.records import flatten_arrays  # noqa: E402
 from collectors.flower.sketch import FlatVector, Projector, sketch_matrix  # noqa: E402
-from simulator import stats  # noqa: E402
 
 
 def split(vec: np.ndarray, sizes: list[int]) -> FlatVector:

@@ -23,12 +23,12 @@ from flwr.app import (  # noqa: E402
 )
 from flwr.serverapp.strategy import FedAvg, FedProx  # noqa: E402
 
+from collectors import stats  # noqa: E402
 from collectors.client import MonitorClient  # noqa: E402
 from collectors.flower import LocalData, MonitoredStrategy, monitor_mod, run_spec  # noqa: E402
-from collectors.flower.mod import feature_histograms  # noqa: E402
 from collectors.flower.records import RECORD_KEY  # noqa: E402
+from collectors.stats import client_feature_histograms as feature_histograms  # noqa: E402
 from monitor.schemas import ClientReport, RoundClose, validate_report_against_run  # noqa: E402
-from simulator import stats  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
