@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         large_bytes=settings.large_body_bytes,
         max_large=settings.max_concurrent_large_uploads,
         slot_wait_seconds=settings.upload_slot_wait_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
         authorize=_may_send_a_body,
     )
     app.add_middleware(RequestTimer, telemetry=app.state.telemetry)

@@ -65,6 +65,7 @@ def serve(
     """Start the service (uvicorn). API keys come from FEDSENTINEL_API_KEYS only, never from flags."""
     import uvicorn
 
+    from monitor.server import uvicorn_options
     from monitor.store import Store
 
     overrides = {
@@ -95,6 +96,7 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        **uvicorn_options(settings),  # keep-alive and header deadlines, connection cap
     )
 
 

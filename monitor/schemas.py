@@ -35,6 +35,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 """Run and client ids: 1-128 characters, letters, digits and ``._:@-``."""
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+NO_NUL_PATTERN = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+"""Free text: anything but NUL, which PostgreSQL text columns cannot hold (it would be a 5xx)."""
 INT32_MAX = 2**31 - 1
 """Counts are stored in 32-bit columns (PostgreSQL INTEGER): larger values get 422, not a store error."""
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
@@ -137,8 +140,8 @@ class TelemetryBudget(WireModel):
 
 class TaskSpec(WireModel):
     num_classes: int = Field(ge=1, le=MAX_CLASSES)
-    class_names: list[str] | None = None
-    feature_names: list[str] = Field(default_factory=list, max_length=MAX_FEATURES)
+    class_names: list[Text] | None = None
+    feature_names: list[Text] = Field(default_factory=list, max_length=MAX_FEATURES)
 
     @model_validator(mode="after")
     def _names_match(self) -> TaskSpec:
@@ -163,7 +166,7 @@ class RunCreate(WireModel):
     """Registration of a run. Registering the same run again with the same body is a no-op."""
 
     run_id: Identifier
-    name: str | None = Field(default=None, max_length=256)
+    name: Text | None = Field(default=None, max_length=256)
     task: TaskSpec
     feature_bin_edges: list[list[BinEdge]] = Field(
         default_factory=list,
@@ -189,10 +192,10 @@ class RunCreate(WireModel):
         ),
     )
     centralized_accuracy: Ratio | None = None
-    thresholds: dict[str, FiniteFloat] = Field(
+    thresholds: dict[Text, FiniteFloat] = Field(
         default_factory=dict, description="Per-run overrides of signal thresholds."
     )
-    metadata: dict[str, str | int | FiniteFloat | bool | None] = Field(default_factory=dict)
+    metadata: dict[Text, Text | int | FiniteFloat | bool | None] = Field(default_factory=dict)
 
     @field_validator("thresholds", "metadata")
     @classmethod

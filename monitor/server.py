@@ -9,7 +9,18 @@ import time
 import uvicorn
 
 from monitor.app import create_app
+from monitor.http_protocol import PROTOCOL, protocol_with_deadline
 from monitor.settings import Settings
+
+
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """Connection limits for ``uvicorn.run``/``uvicorn.Config`` from the settings (README, "Running
+    the service"): keep-alive and header deadlines, and the optional connection cap."""
+    return {
+        "http": PROTOCOL,
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "limit_concurrency": settings.max_connections,
+    }
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -25,8 +36,16 @@ class ServerThread:
         if settings.port == 0:
             settings = settings.model_copy(update={"port": free_port(settings.host)})
         self.settings = settings
+        options = {
+            **uvicorn_options(settings),
+            "http": protocol_with_deadline(settings.header_timeout_seconds),
+        }
         config = uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port, log_level=log_level
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            **options,  # type: ignore[arg-type]
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="fedsentinel-server", daemon=True)

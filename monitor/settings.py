@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         default=10.0, ge=0,
         description="How long a large upload waits for a slot before it gets 503 + Retry-After.",
     )
+    body_timeout_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A request body must arrive within this long after its headers, else 408.",
+    )
     keep_alive_timeout_seconds: float = Field(
         default=5.0, gt=0, description="uvicorn: an idle keep-alive connection is closed after this."
     )

@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from monitor.api.deps import Paging, ReadAccess, _presented_key, get_store, read_session, require
 from monitor.api.errors import error_responses
-from monitor.schemas import Page
+from monitor.schemas import NO_NUL_PATTERN, Page, Text
 from monitor.settings import Scope, Settings
 from monitor.store import Store
 from monitor.store.alerts import AlertFilter, NotifiedAlert, list_alerts, save_notification
@@ -38,12 +38,12 @@ class AlertmanagerAlert(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Text, Text] = Field(default_factory=dict)
+    annotations: dict[Text, Text] = Field(default_factory=dict)
     startsAt: datetime | None = None
     endsAt: datetime | None = None
-    generatorURL: str | None = Field(default=None, max_length=2048)
-    fingerprint: str | None = Field(default=None, max_length=64)
+    generatorURL: Text | None = Field(default=None, max_length=2048)
+    fingerprint: Text | None = Field(default=None, max_length=64)
 
 
 class AlertmanagerNotification(BaseModel):
@@ -51,15 +51,15 @@ class AlertmanagerNotification(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    version: str = "4"
-    receiver: str = Field(max_length=256)
+    version: Text = "4"
+    receiver: Text = Field(max_length=256)
     status: Literal["firing", "resolved"]
     alerts: list[AlertmanagerAlert] = Field(max_length=MAX_ALERTS_PER_NOTIFICATION)
-    groupLabels: dict[str, str] = Field(default_factory=dict)
-    commonLabels: dict[str, str] = Field(default_factory=dict)
-    commonAnnotations: dict[str, str] = Field(default_factory=dict)
-    externalURL: str | None = None
-    groupKey: str | None = None
+    groupLabels: dict[Text, Text] = Field(default_factory=dict)
+    commonLabels: dict[Text, Text] = Field(default_factory=dict)
+    commonAnnotations: dict[Text, Text] = Field(default_factory=dict)
+    externalURL: Text | None = None
+    groupKey: Text | None = None
     # strict: a boolean (or "3", or 3.0) is not a count of truncated alerts
     truncatedAlerts: Annotated[int, Field(strict=True, ge=0)] = 0
 
@@ -110,7 +110,7 @@ def webhook_access(request: Request) -> None:
     "/webhook",
     response_model=WebhookResult,
     dependencies=[Depends(webhook_access)],
-    responses=error_responses(413),
+    responses=error_responses(408, 413),
 )
 def alertmanager_webhook(
     body: AlertmanagerNotification, store: Annotated[Store, Depends(get_store)]
@@ -137,11 +137,13 @@ def alertmanager_webhook(
 def get_alerts(
     paging: Annotated[Paging, Depends()],
     session: Annotated[Session, Depends(read_session)],
-    run: Annotated[str | None, Query(max_length=128, description="Label `run`.")] = None,
-    client: Annotated[str | None, Query(max_length=128, description="Label `client`.")] = None,
-    alertname: Annotated[str | None, Query(max_length=256)] = None,
+    run: Annotated[str | None, Query(max_length=128, pattern=NO_NUL_PATTERN, description="Label `run`.")] = None,
+    client: Annotated[
+        str | None, Query(max_length=128, pattern=NO_NUL_PATTERN, description="Label `client`.")
+    ] = None,
+    alertname: Annotated[str | None, Query(max_length=256, pattern=NO_NUL_PATTERN)] = None,
     status_: Annotated[Literal["firing", "resolved"] | None, Query(alias="status")] = None,
-    severity: Annotated[str | None, Query(max_length=32)] = None,
+    severity: Annotated[str | None, Query(max_length=32, pattern=NO_NUL_PATTERN)] = None,
 ) -> Page[Any]:
     """Alert notifications received by the webhook, newest first."""
     items, total = list_alerts(

@@ -42,6 +42,7 @@ DESCRIPTIONS = {
     401: "Missing or unknown API key (only when API keys are configured)",
     403: "The API key lacks the scope this route needs",
     404: "Unknown run, round or client",
+    408: "The request body did not arrive in time (body_timeout_seconds)",
     405: "Method not allowed on this path (the Allow header lists the allowed ones)",
     409: "Conflicts with what is already stored",
     413: "Request body or batch too large",
@@ -129,6 +130,9 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods | {"OPTIONS"}) if methods else []
 
 
+_UNPARSEABLE = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
@@ -141,6 +145,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         )
         return error_response(exc.status_code, detail, headers=headers)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and detail == _UNPARSEABLE:
+        # FastAPI's 400 for a body it cannot even decode (not UTF-8): the same 422 as any invalid JSON
+        msg = "Invalid JSON: the body could not be decoded (JSON must be UTF-8)"
+        error = {"loc": ["body"], "msg": msg, "type": "json_invalid"}
+        return error_response(422, summarize([error]), [error])
     if exc.status_code == status.HTTP_404_NOT_FOUND and detail == "Not Found":
         detail = f"no such path: {request.url.path}"
     return error_response(exc.status_code, detail, headers=headers or None)

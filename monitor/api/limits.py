@@ -15,7 +15,9 @@ In this order, before a byte of the body is read:
    the body itself.
 
 Then the body is read, still refusing with 413 the moment it passes the limit
-(a body without a declared length included), and handed to the app. After the
+(a body without a declared length included) and with 408 when it has not
+arrived ``body_timeout_seconds`` after the headers (a client that trickles its
+body cannot hold a slot), and handed to the app. After the
 last large request in flight has finished, freed memory is handed back to the
 operating system (``malloc_trim`` on glibc), so the resident size returns to
 its baseline instead of staying at its peak.
@@ -60,12 +62,14 @@ class BodyGate:
         large_bytes: int,
         max_large: int,
         slot_wait_seconds: float,
+        body_timeout_seconds: float = 60.0,
         authorize: Callable[[Request], None] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.large_bytes = large_bytes
         self.slot_wait_seconds = slot_wait_seconds
+        self.body_timeout_seconds = body_timeout_seconds
         self.authorize = authorize
         self._slots = asyncio.Semaphore(max_large)
         self._max_large = max_large
@@ -75,7 +79,7 @@ class BodyGate:
     async def _refuse(
         self, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
     ) -> None:
-        body = json.dumps({"detail": detail, "errors": []}).encode()
+        body = json.dumps({"detail": detail, "errors": []}, separators=(",", ":")).encode()
         raw_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -130,8 +134,16 @@ class BodyGate:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = bytearray()
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_seconds
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+            except TimeoutError:
+                detail = f"the request body did not arrive within {self.body_timeout_seconds:g} s"
+                await self._refuse(send, 408, detail, {"Connection": "close"})
+                return
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")

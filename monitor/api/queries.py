@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import StringConstraints
 from sqlmodel import Session
 
 from monitor.api.deps import (
@@ -18,7 +19,7 @@ from monitor.api.deps import (
 )
 from monitor.api.errors import error_responses
 from monitor.errors import InvalidInput
-from monitor.schemas import ClientLatest, ClientRoundOut, FindingOut, Page, RoundOut
+from monitor.schemas import ID_PATTERN, ClientLatest, ClientRoundOut, FindingOut, Page, RoundOut
 from monitor.store import queries
 
 router = APIRouter(
@@ -27,6 +28,7 @@ router = APIRouter(
 Session_ = Annotated[Session, Depends(read_session)]
 Paging_ = Annotated[Paging, Depends()]
 RoundBound = Annotated[int | None, Query(ge=0, le=MAX_ROUND)]
+FindingKind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 def _check_range(from_round: int | None, to_round: int | None) -> None:
@@ -81,8 +83,8 @@ def list_findings(
     run_id: RunId,
     paging: Paging_,
     session: Session_,
-    kind: Annotated[list[str], Query(description="Repeat to select several kinds.")] = [],  # noqa: B006
-    client: Annotated[str | None, Query(description="Client id.")] = None,
+    kind: Annotated[list[FindingKind], Query(description="Repeat to select several kinds.")] = [],  # noqa: B006
+    client: Annotated[str | None, Query(pattern=ID_PATTERN, description="Client id.")] = None,
     severity: Annotated[list[Literal["info", "warning", "critical"]], Query()] = [],  # noqa: B006
     status_: Annotated[Literal["open", "resolved"] | None, Query(alias="status")] = None,
     from_round: RoundBound = None,

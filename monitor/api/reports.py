@@ -58,7 +58,7 @@ class RunConfigCache:
     "/reports",
     response_model=IngestResult,
     openapi_extra=report_body_schema(),
-    responses=error_responses(404, 409, 413),
+    responses=error_responses(404, 408, 409, 413),
 )
 def ingest_reports(
     run_id: RunId,
@@ -91,7 +91,7 @@ def ingest_reports(
 @router.post(
     "/close",
     response_model=RoundClosed,
-    responses=error_responses(404, 409, 413),
+    responses=error_responses(404, 408, 409, 413),
 )
 def close_round(
     run_id: RunId,

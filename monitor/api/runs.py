@@ -24,7 +24,7 @@ router = APIRouter(prefix="/runs", tags=["runs"])
     dependencies=[WriteAccess],
     responses={
         200: {"model": RunRegistered, "description": "Already registered, identical"},
-        **error_responses(409, 413),
+        **error_responses(408, 409, 413),
     },
 )
 def register_run(

@@ -105,6 +105,20 @@ def test_every_4xx_has_the_one_error_body(registered, method, path, body, status
         assert any(e["loc"][: len(field)] == field for e in out["errors"]), out
 
 
+def test_a_body_that_is_not_utf8_gets_the_same_422_as_invalid_json(registered) -> None:
+    for path in (
+        "/runs",
+        "/runs/run-1/rounds/1/close",
+        "/runs/run-1/rounds/1/reports",
+        "/alerts/webhook",
+    ):
+        r = registered.post(
+            f"{API}{path}", content=b"#\xfft", headers={"content-type": "application/json"}
+        )
+        body = assert_error_body(r, 422)
+        assert body["errors"][0]["loc"][0] == "body" and "JSON" in body["detail"], body
+
+
 def test_413_401_403_have_the_one_error_body(app_factory) -> None:
     api = app_factory(api_keys={"w": ["write"], "r": ["read"]}, max_body_bytes=4096)
     assert_error_body(api.get(f"{API}/runs"), 401)
@@ -161,12 +175,12 @@ def test_limit_maximum_follows_the_setting(app_factory) -> None:
 
 
 EXPECTED_STATUSES = {
-    ("post", "/api/v1/runs"): {"200", "201", "409", "413"},
+    ("post", "/api/v1/runs"): {"200", "201", "408", "409", "413"},
     ("get", "/api/v1/runs/{run_id}"): {"404"},
-    ("post", "/api/v1/runs/{run_id}/rounds/{round}/reports"): {"404", "409", "413"},
-    ("post", "/api/v1/runs/{run_id}/rounds/{round}/close"): {"404", "409", "413"},
+    ("post", "/api/v1/runs/{run_id}/rounds/{round}/reports"): {"404", "408", "409", "413"},
+    ("post", "/api/v1/runs/{run_id}/rounds/{round}/close"): {"404", "408", "409", "413"},
     ("get", "/api/v1/runs/{run_id}/findings"): {"404"},
-    ("post", "/api/v1/alerts/webhook"): {"413"},
+    ("post", "/api/v1/alerts/webhook"): {"408", "413"},
 }
 
 
@@ -196,3 +210,29 @@ def test_non_finite_fault_evidence_is_documented_as_the_strings_it_travels_as(ap
     norm = str(schemas["ClientReport"]["properties"]["update_norm"])
     assert "'NaN'" in norm and "'Infinity'" in norm
     assert "'NaN'" in str(schemas["FindingOut"]["properties"]["score"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/runs", run_spec("run-2", name="a\x00b")),
+        ("post", "/runs", run_spec("run-2", metadata={"k": "v\x00"})),
+        (
+            "post",
+            "/runs",
+            run_spec(
+                "run-2",
+                task={"num_classes": 1, "feature_names": ["\x00"]},
+                feature_bin_edges=[[0.0, 1.0]],
+            ),
+        ),  # fmt: skip
+        ("post", "/alerts/webhook", {**notification(), "receiver": "r\x00"}),
+        ("get", "/runs/run-1/findings?kind=a%00b", None),
+        ("get", "/runs/run-1/findings?client=c%00", None),
+        ("get", "/alerts?alertname=x%00", None),
+    ],
+)
+def test_text_with_nul_gets_422_not_a_store_error(registered, method, path, body) -> None:
+    """PostgreSQL text cannot hold NUL: it used to surface as a 503 from the store."""
+    kwargs = {"json": body} if body is not None else {}
+    assert_error_body(getattr(registered, method)(f"{API}{path}", **kwargs), 422)
