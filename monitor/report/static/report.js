@@ -65,8 +65,8 @@
     const f = data.fairness;
     const traces = [
       { x: f.rounds, y: f.worst, name: "worst client", mode: "lines+markers", marker: { size: 4 },
-        line: { color: "#c62828", width: 1 }, customdata: f.worst_client,
-        hovertemplate: "round %{x}<br>worst client %{customdata}: %{y:.3f}<extra></extra>" },
+        line: { color: "#c62828", width: 1 },
+        hovertemplate: "round %{x}<br>worst client %{y:.3f}<extra></extra>" },
       { x: f.rounds, y: f.worst10, name: "worst 10% mean", mode: "lines", line: { color: "#e08a00" },
         hovertemplate: "round %{x}<br>worst 10% mean %{y:.3f}<extra></extra>" },
       { x: f.rounds, y: f.mean, name: "mean", mode: "lines", fill: "tonexty", line: { color: "#1e6fd9" },
