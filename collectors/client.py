@@ -78,11 +78,15 @@ def encode_body(body: dict[str, Any]) -> bytes:
     (the stdlib writes them; orjson would write ``null``, httpx's ``json=`` refuses
     them). numpy arrays and scalars are accepted.
     """
-    if _finite(body):
-        try:
-            return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        except TypeError:
-            pass  # e.g. a non-contiguous or non-float numpy array: let the stdlib say what is wrong
+    try:
+        fast = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        fast = (
+            None  # e.g. a non-contiguous or non-float numpy array: let the stdlib say what is wrong
+        )
+    # orjson writes a NaN as null: without any null in the output nothing was lost.
+    if fast is not None and (b"null" not in fast or _finite(body)):
+        return fast
     return json.dumps(body, separators=(",", ":"), default=_plain).encode()
 
 
@@ -100,6 +104,24 @@ def _pack_array(value: Any, dtype: str) -> dict[str, str]:
     return {"dtype": dtype, "data": base64.b64encode(array.tobytes()).decode("ascii")}
 
 
+def _pack_field(
+    reports: list[dict[str, Any]], packed: list[dict[str, Any]], key: str, dtype: str
+) -> None:
+    """Pack one array field of every report; one numpy conversion for the batch when it is
+    rectangular (the usual case), one per report otherwise."""
+    present = [i for i, r in enumerate(reports) if r.get(key) is not None]
+    if not present:
+        return
+    try:
+        block = np.array([reports[i][key] for i in present], dtype=dtype).reshape(len(present), -1)
+    except ValueError:
+        for i in present:
+            packed[i][key] = _pack_array(reports[i][key], dtype)
+        return
+    for row, i in zip(block, present, strict=True):
+        packed[i][key] = {"dtype": dtype, "data": base64.b64encode(row.tobytes()).decode("ascii")}
+
+
 def encode_packed_reports(body: dict[str, Any], dtype: str = "<f8") -> bytes:
     """A report batch in the packed encoding: arrays as base64 little-endian floats.
 
@@ -107,14 +129,15 @@ def encode_packed_reports(body: dict[str, Any], dtype: str = "<f8") -> bytes:
     counts below 2**24 stay exact). Non-finite losses and norms go as the strings
     ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; in the arrays they are just bytes.
     """
-    reports = []
-    for report in body["reports"]:
-        packed = {key: _packed_float(value) for key, value in report.items()}
-        for key in ARRAY_FIELDS:
-            if packed.get(key) is not None:
-                packed[key] = _pack_array(packed[key], dtype)
-        reports.append(packed)
-    return orjson.dumps({"reports": reports}, option=orjson.OPT_SERIALIZE_NUMPY)
+    reports = body["reports"]
+    packed = [dict(report) for report in reports]
+    for report in packed:
+        for key, value in report.items():
+            if type(value) is float and value - value != 0.0:  # NaN or infinite
+                report[key] = _packed_float(value)
+    for key in ARRAY_FIELDS:
+        _pack_field(reports, packed, key, dtype)
+    return orjson.dumps({"reports": packed}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class MonitorError(RuntimeError):
@@ -361,9 +384,7 @@ class MonitorClient:
                 timeout = max(0.1, min(timeout, remaining))  # no request outlives the deadline
             attempts += 1
             try:
-                response = self._http.post(
-                    path, content=payload, headers=headers, timeout=timeout
-                )
+                response = self._http.post(path, content=payload, headers=headers, timeout=timeout)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue

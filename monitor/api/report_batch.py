@@ -25,6 +25,7 @@ recognised as identical.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from monitor.schemas import (
     validate_report_against_run,
 )
 from monitor.store.report_rows import (
-    NOISE_FIELDS,
+    SCALARS,
     PreparedReport,
     canonical,
     noise_columns,
@@ -236,26 +237,32 @@ def _stack(values: Sequence[Any], bins: Sequence[int], nested: bool) -> Column:
     return Column.of(block, present, len(values))
 
 
-def _scalars(r: _Scalars) -> tuple:
-    """The report's values in :data:`~monitor.store.report_rows.SCALARS` order."""
-    noise = r.histogram_noise
-    noise_values = None if noise is None else tuple(getattr(noise, k) for k in NOISE_FIELDS)
-    return (
-        r.client_id,
-        r.status,
-        r.num_examples,
-        scalar_float(r.train_loss),
-        r.train_accuracy,
-        scalar_float(r.eval_loss),
-        r.eval_accuracy,
-        r.local_accuracy,
-        r.wall_time_seconds,
-        scalar_float(r.update_norm),
-        scalar_float(r.update_cosine_previous_global),
-        r.update_repeated,
-        *noise_columns(noise_values),
-        r.clipped,
-    )
+_ANY_FLOAT = ("train_loss", "eval_loss", "update_norm", "update_cosine_previous_global")
+
+
+def _scalar_picker(struct: type[_Scalars]) -> Callable[[_Scalars], tuple]:
+    """A function giving a report's values in :data:`~monitor.store.report_rows.SCALARS` order.
+
+    ``astuple`` and ``itemgetter`` run in C; only the noise declaration and the
+    floats that may arrive as ``"NaN"`` strings take Python steps.
+    """
+    fields = struct.__struct_fields__
+    before = operator.itemgetter(*(fields.index(k) for k in SCALARS[:12]))
+    clipped = fields.index("clipped")
+    noise_at = fields.index("histogram_noise")
+    floats = [SCALARS.index(k) for k in _ANY_FLOAT]
+
+    def pick(r: _Scalars) -> tuple:
+        values = msgspec.structs.astuple(r)
+        head = list(before(values))
+        for i in floats:
+            if type(head[i]) is str:
+                head[i] = scalar_float(head[i])
+        noise = values[noise_at]
+        noise_values = None if noise is None else msgspec.structs.astuple(noise)
+        return (*head, *noise_columns(noise_values), values[clipped])
+
+    return pick
 
 
 def _cosine_out_of_range(reports: Sequence[Any]) -> int | None:
@@ -336,16 +343,21 @@ class PackedFastBatch:
     def _column(self, field: str, width: int, describe: Callable[[str, int], str]) -> Column:
         arrays: list[PackedArray | None] = [getattr(r, field) for r in self.reports]
         present = [i for i, a in enumerate(arrays) if a is not None]
-        for i in present:
-            packed = arrays[i]
-            itemsize = 4 if packed.dtype == "<f4" else 8
-            if len(packed.data) % itemsize:
-                raise _invalid(
-                    ("reports", i, field, "data"),
-                    f"{len(packed.data)} bytes are not a whole number of {itemsize}-byte {packed.dtype} values",
-                )
-            if len(packed.data) // itemsize != width:
-                raise ValueError(describe(self.reports[i].client_id, len(packed.data) // itemsize))
+        sizes = [len(arrays[i].data) * (2 if arrays[i].dtype == "<f4" else 1) for i in present]
+        if sizes.count(8 * width) != len(sizes):  # some array is not `width` floats: say which
+            for i in present:
+                packed = arrays[i]
+                itemsize = 4 if packed.dtype == "<f4" else 8
+                if len(packed.data) % itemsize:
+                    raise _invalid(
+                        ("reports", i, field, "data"),
+                        f"{len(packed.data)} bytes are not a whole number of {itemsize}-byte "
+                        f"{packed.dtype} values",
+                    )
+                if len(packed.data) // itemsize != width:
+                    raise ValueError(
+                        describe(self.reports[i].client_id, len(packed.data) // itemsize)
+                    )
         dtypes = {arrays[i].dtype for i in present}
         if not present:
             block = np.empty((0, width))
@@ -416,14 +428,20 @@ class PackedFastBatch:
         return _prepared(self.reports, (sketch, labels, features), bins)
 
 
+_PICKERS: dict[type, Callable[[_Scalars], tuple]] = {}
+
+
 def _prepared(
     reports: Sequence[_Scalars], columns: tuple[Column, ...], bins: Sequence[int]
 ) -> list[PreparedReport]:
     sketch, labels, features = (c.rows for c in columns)
+    if not reports:
+        return []
+    kind = type(reports[0])
+    pick = _PICKERS.get(kind) or _PICKERS.setdefault(kind, _scalar_picker(kind))
     rows = []
-    for i, r in enumerate(reports):
-        arrays = (sketch[i], labels[i], features[i])
-        rows.append(prepare(_scalars(r), arrays, (r, arrays, bins), _model))
+    for r, arrays in zip(reports, zip(sketch, labels, features, strict=True), strict=True):
+        rows.append(prepare(pick(r), arrays, (r, arrays, bins), _model))
     return rows
 
 

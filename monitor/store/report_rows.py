@@ -120,19 +120,23 @@ def prepare(
     """One row from a report's scalars (:data:`SCALARS` order) and canonical float64 arrays."""
     blobs = [None if array is None else array.tobytes() for array in arrays]
     values = list(scalars)
-    special: dict[str, str] = {}
+    special: dict[str, str] | None = None
     for index, name in _NONFINITE_AT:
         value = values[index]
         if value is not None and not math.isfinite(value):
+            special = special or {}
             special[name] = _name(value)
             values[index] = None
     nonfinite = json.dumps(special, sort_keys=True) if special else None
     # The stored scalars and which of them were non-finite, then the arrays' lengths (the
     # same floats split differently between arrays differ) and bytes.
-    head = orjson.dumps((values, nonfinite, [None if b is None else len(b) for b in blobs]))
-    text = (
-        DIGEST_PREFIX + hashlib.sha256(b"".join([head, *(b for b in blobs if b)])).hexdigest()[:62]
+    digest = hashlib.sha256(
+        orjson.dumps((values, nonfinite, [None if b is None else len(b) for b in blobs]))
     )
+    for blob in blobs:
+        if blob:
+            digest.update(blob)
+    text = DIGEST_PREFIX + digest.hexdigest()[:62]
     return PreparedReport(scalars[0], text, (*values, *blobs, nonfinite, text), source, build)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -72,25 +72,26 @@ def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def lock_round(session: Session, run_id: str, round_number: int) -> RoundRow:
-    """Get the round row, creating it open, and hold its lock until commit.
+def lock_round(session: Session, run_id: str, round_number: int) -> Row:
+    """Get the round's ``status``, ``reports`` and ``close_hash``, creating it open, and hold
+    its lock until commit.
 
     Report ingestion and round closing both take this lock, so a report can
-    never slip into a round that is being closed.
+    never slip into a round that is being closed. Core statements on the
+    session's connection (no ORM objects): this runs on every ingest request.
     """
-    stmt = (
-        _dialect_insert(session)(RoundRow)
+    table = RoundRow.__table__
+    connection = session.connection()
+    connection.execute(
+        _dialect_insert(session)(table)
         .values(run_id=run_id, round=round_number, status="open", opened_at=utcnow(), reports=0)
         .on_conflict_do_nothing()
     )
-    session.execute(stmt)
-    row = session.execute(
-        select(RoundRow)
-        .where(RoundRow.run_id == run_id, RoundRow.round == round_number)
+    return connection.execute(
+        select(table.c.status, table.c.reports, table.c.close_hash)
+        .where(table.c.run_id == run_id, table.c.round == round_number)
         .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    return row
+    ).one()
 
 
 def _names(ids: Sequence[str]) -> str:
@@ -113,6 +114,28 @@ def _bulk_insert(
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
     head = (run_id, round_number, received)
     session.connection().exec_driver_sql(sql, [head + row.values for row in rows])
+
+
+def _stored_digests(
+    session: Session, run_id: str, round_number: int, client_ids: list[str]
+) -> dict[str, str]:
+    """Digests already stored for these clients in this round (none to look up in an empty round)."""
+    table = ClientReportRow.__table__
+    stored: dict[str, str] = {}
+    for start in range(0, len(client_ids), _IN_CHUNK):
+        chunk = client_ids[start : start + _IN_CHUNK]
+        stored.update(
+            session.connection()
+            .execute(
+                select(table.c.client_id, table.c.content_hash).where(
+                    table.c.run_id == run_id,
+                    table.c.round == round_number,
+                    table.c.client_id.in_(chunk),
+                )
+            )
+            .all()
+        )
+    return stored
 
 
 def _same_report(row: PreparedReport, stored: str) -> bool:
@@ -148,21 +171,9 @@ def ingest_reports(
             )
 
     round_row = lock_round(session, run_id, round_number)
-    stored: dict[str, str] = {}
-    client_ids = (
-        list(hashes) if round_row.reports else []
-    )  # a round without reports has none to compare
-    for start in range(0, len(client_ids), _IN_CHUNK):
-        chunk = client_ids[start : start + _IN_CHUNK]
-        stored.update(
-            session.execute(
-                select(ClientReportRow.client_id, ClientReportRow.content_hash).where(
-                    ClientReportRow.run_id == run_id,
-                    ClientReportRow.round == round_number,
-                    ClientReportRow.client_id.in_(chunk),
-                )
-            ).all()
-        )
+    stored = _stored_digests(
+        session, run_id, round_number, list(hashes) if round_row.reports else []
+    )
     conflicting = [
         r.client_id
         for r in unique
@@ -182,10 +193,11 @@ def ingest_reports(
     duplicates += len(unique) - len(new)
     if new:
         _bulk_insert(session, run_id, round_number, new)
-        session.execute(
-            update(RoundRow)
-            .where(RoundRow.run_id == run_id, RoundRow.round == round_number)
-            .values(reports=RoundRow.reports + len(new))
+        rounds = RoundRow.__table__
+        session.connection().execute(
+            update(rounds)
+            .where(rounds.c.run_id == run_id, rounds.c.round == round_number)
+            .values(reports=rounds.c.reports + len(new))
         )
     return len(new), duplicates
 

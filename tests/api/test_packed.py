@@ -216,6 +216,10 @@ def test_the_fast_decoders_mirror_the_schema() -> None:
     assert set(JsonReport.__struct_fields__) == fields
     assert set(PackedReport.__struct_fields__) == fields
     assert tuple(Noise.__struct_fields__) == NOISE_FIELDS == tuple(HistogramNoise.model_fields)
+    from monitor.store.report_rows import COLUMNS
+
+    inserted = {"run_id", "round", "received_at", *COLUMNS}
+    assert {c.name for c in ClientReportRow.__table__.columns} - {"id"} == inserted
     stored = set(SCALARS) | set(ARRAYS)
     assert fields - {"histogram_noise"} <= stored
     assert stored - fields == {"noise_mechanism", "noise_scale", "noise_json"}
