@@ -158,7 +158,7 @@
           marker: { color: "#90a4ae" }, hovertemplate: "client " + c.client_id + "<br>class %{x}<br>reference share %{y:.3f}<extra></extra>" },
         { type: "bar", x: lm.classes, y: lm.current, name: "round " + lm.current_round, marker: { color: "#c62828" },
           hovertemplate: "client " + c.client_id + "<br>round " + lm.current_round + "<br>class %{x}<br>share %{y:.3f}<extra></extra>" },
-      ], { barmode: "group", title: { text: "label mix", font: { size: 13 } }, margin: { l: 50, r: 10, t: 30, b: 60 },
+      ], { barmode: "group", title: { text: "label mix", font: { size: 13 } }, margin: { l: 50, r: 10, t: 30, b: 95 }, legend: { orientation: "h", y: -0.45 },
            xaxis: { type: "category", title: { text: "class" } }, yaxis: { title: { text: "share" } } },
         finite(lm.reference) + finite(lm.current));
     } else {
@@ -176,14 +176,14 @@
                          line: { dash: "dash", color: "#000", width: 1 }, hoverinfo: "skip" });
     }
     draw(anchor + "-drift", driftTraces, { title: { text: "drift against its reference", font: { size: 13 } },
-      margin: { l: 50, r: 10, t: 30, b: 60 }, xaxis: roundAxis(), yaxis: { rangemode: "tozero" } }, driftPoints);
+      margin: { l: 50, r: 10, t: 30, b: 95 }, legend: { orientation: "h", y: -0.45 }, xaxis: roundAxis(), yaxis: { rangemode: "tozero" } }, driftPoints);
     const l = c.loss;
     draw(anchor + "-loss", [
       { x: l.rounds, y: l.eval_loss, name: "eval loss (global model)", mode: "lines+markers", marker: { size: 4 },
         customdata: l.status, hovertemplate: "client " + c.client_id + "<br>round %{x}<br>eval loss %{y:.3f}<br>status %{customdata}<extra></extra>" },
       { x: l.rounds, y: l.train_loss, name: "train loss", mode: "lines", line: { dash: "dot" },
         hovertemplate: "client " + c.client_id + "<br>round %{x}<br>train loss %{y:.3f}<extra></extra>" },
-    ], { title: { text: "loss history", font: { size: 13 } }, margin: { l: 50, r: 10, t: 30, b: 60 },
+    ], { title: { text: "loss history", font: { size: 13 } }, margin: { l: 50, r: 10, t: 30, b: 95 }, legend: { orientation: "h", y: -0.45 },
          xaxis: roundAxis(), yaxis: { rangemode: "tozero" } }, finite(l.eval_loss) + finite(l.train_loss));
   }
 
