@@ -18,6 +18,7 @@ from monitor.api.deps import (
     read_session,
 )
 from monitor.api.errors import error_responses
+from monitor.detectors.registry import KINDS
 from monitor.errors import InvalidInput
 from monitor.schemas import ID_PATTERN, ClientLatest, ClientRoundOut, FindingOut, Page, RoundOut
 from monitor.store import queries
@@ -35,6 +36,16 @@ def _check_range(from_round: int | None, to_round: int | None) -> None:
     if from_round is not None and to_round is not None and from_round > to_round:
         raise InvalidInput(
             f"from_round ({from_round}) is after to_round ({to_round})", loc=("query", "from_round")
+        )
+
+
+def _check_kinds(kinds: list[str]) -> None:
+    """Kinds the detector registry knows (a typo would otherwise answer an empty page)."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown finding kind(s) {', '.join(unknown)}; valid kinds: {', '.join(KINDS)}",
+            loc=("query", "kind"),
         )
 
 
@@ -92,6 +103,7 @@ def list_findings(
 ) -> Page[FindingOut]:
     """Findings whose round span overlaps [from_round, to_round], filtered by kind, client, severity."""
     _check_range(from_round, to_round)
+    _check_kinds(kind)
     items, total = queries.list_findings(
         session,
         run_id,

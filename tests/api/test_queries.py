@@ -118,6 +118,9 @@ def test_findings_filters(populated, store) -> None:
     one = get(client="c1")["items"][0]
     assert one["details"] == {"classes": [3]} and one["score"] == pytest.approx(0.41)
     assert populated.get(f"{API}/runs/run-1/findings", params={"severity": "bogus"}).status_code == 422
+    typo = populated.get(f"{API}/runs/run-1/findings", params={"kind": ["label_drift", "lable_drift"]})
+    assert typo.status_code == 422
+    assert "unknown finding kind(s) lable_drift; valid kinds: label_drift," in typo.json()["detail"]
 
 
 def test_openapi_docs_are_served(api) -> None:
