@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from monitor.detectors.base import RoundContext
-from monitor.detectors.inputs import RoundInput, RunConfig
+from monitor.detectors.inputs import RoundInput, RunConfig, overflow_as_infinite
 from monitor.detectors.output import SEVERITIES, ActiveSignal
 from monitor.detectors.registry import DEFAULT, Registry
 from monitor.detectors.state import DetectorState
@@ -57,6 +57,7 @@ def analyze_round(
     reg = registry or DEFAULT
     cfg = RunConfig.from_run(run)
     data.validate(cfg)
+    data = overflow_as_infinite(data)  # evidence too large to compute with counts as infinite
     base_th = reg.coerce(thresholds).with_overrides(cfg.thresholds)
     st = state.copy()
     names = set(reg.threshold_names())

@@ -8,13 +8,19 @@ array is aligned with ``client_ids`` and NaN where nothing was reported.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from monitor.schemas import ClientReport, RoundClose, RunCreate
 
-__all__ = ["RunConfig", "RoundInput"]
+__all__ = ["EVIDENCE_MAX_ABS", "RunConfig", "RoundInput", "overflow_as_infinite"]
+
+EVIDENCE_MAX_ABS = 1e150
+"""A loss, update norm or sketch value beyond this is treated as infinite. Such values are fault
+evidence the schema accepts as sent (an exploding update), but their squares (norms, variances)
+and a round's sums of them overflow float64: a constant update of 1e308 would otherwise make every
+cosine NaN and pass as a "stale" update. Treated as infinite, it is a ``nonfinite_update``."""
 
 
 @dataclass(frozen=True)
@@ -217,3 +223,46 @@ class RoundInput:
                 raise ValueError(f"feature_hists[{f}] must have shape ({n}, {len(e) - 1})")
         if np.shape(self.sketch) != (n, cfg.sketch_dim):
             raise ValueError(f"sketch must have shape ({n}, {cfg.sketch_dim})")
+
+
+def _huge(values: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) > EVIDENCE_MAX_ABS)
+
+
+def _as_inf(values: np.ndarray, huge: np.ndarray) -> np.ndarray:
+    return np.where(huge, np.copysign(np.inf, values), values)
+
+
+def _scalar_as_inf(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value) or abs(value) <= EVIDENCE_MAX_ABS:
+        return value
+    return math.copysign(math.inf, value)
+
+
+def overflow_as_infinite(data: RoundInput) -> RoundInput:
+    """A copy of ``data`` with evidence beyond :data:`EVIDENCE_MAX_ABS` made infinite and flagged
+    (``nonfinite_update``/``nonfinite_loss``), so no statistic overflows on it and the fault is
+    reported as the non-finite update it is."""
+    loss = _huge(data.train_loss) | _huge(data.eval_loss)
+    norm = _huge(data.update_norm)
+    sketch = _huge(data.sketch)
+    agg = data.aggregate_sketch
+    agg_huge = _huge(agg) if agg is not None else np.zeros(0, dtype=bool)
+    scalars = (data.global_eval_loss, data.aggregate_update_norm)
+    if not (loss.any() or norm.any() or sketch.any() or agg_huge.any()) and all(
+        _scalar_as_inf(v) == v for v in scalars
+    ):
+        return data
+    return replace(
+        data,
+        train_loss=_as_inf(data.train_loss, _huge(data.train_loss)),
+        eval_loss=_as_inf(data.eval_loss, _huge(data.eval_loss)),
+        update_norm=_as_inf(data.update_norm, norm),
+        sketch=_as_inf(data.sketch, sketch),
+        nonfinite_loss=data.nonfinite_loss | loss,
+        nonfinite_update=data.nonfinite_update | norm | sketch.any(axis=1),
+        global_eval_loss=_scalar_as_inf(data.global_eval_loss),
+        aggregate_update_norm=_scalar_as_inf(data.aggregate_update_norm),
+        aggregate_sketch=None if agg is None else _as_inf(agg, agg_huge),
+    )

@@ -31,8 +31,16 @@ class ActiveSignal:
         return asdict(self)
 
 
+READABLE_MAX = 1e6
+"""Beyond this magnitude numbers are written in scientific notation ("1.0e+308", not 309 digits)."""
+
+
 def fmt(x: Any, nd: int = 2) -> str:
-    return f"{float(x):.{nd}f}"
+    """``nd`` decimals, or scientific notation for magnitudes a sentence cannot show in full."""
+    x = float(x)
+    if math.isfinite(x) and abs(x) >= READABLE_MAX:
+        return f"{x:.1e}"
+    return f"{x:.{nd}f}"
 
 
 def pct(x: float) -> str:

@@ -105,8 +105,10 @@ class UpdateAnomalies(Detector):
         FindingKind(
             "nonfinite_update",
             "client",
-            "The client sent NaN/inf in its update, sketch or loss.",
-            "client c017: sent NaN/inf in its update and sketch",
+            "The client sent NaN/inf in its update, sketch or loss, or a value beyond 1e150 "
+            "there (too large to square: treated as infinite).",
+            "client c017: sent NaN/inf (or values beyond 1e150, too large to compute with) in its "
+            "update and sketch",
         ),
     )
     Thresholds = UpdateThresholds
@@ -302,6 +304,9 @@ def _nonfinite(ctx: RoundContext, u: UpdateRound, i: int) -> ActiveSignal:
         client_id=cid,
         score=1.0,
         threshold=0.5,
-        message=f"client {cid}: sent NaN/inf in its {' and '.join(what) or 'update'}",
+        message=(
+            f"client {cid}: sent NaN/inf (or values beyond 1e150, too large to compute with) "
+            f"in its {' and '.join(what) or 'update'}"
+        ),
         details={"fields": what},
     )

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 
 import numpy as np
 import pytest
 
 from monitor.schemas import MAX_BIN_COUNT
 from tests.api.test_conformance import assert_error_body
-from tests.factories import report, run_spec
+from tests.factories import close_body, report, run_spec
 
 API = "/api/v1"
 OVERFLOWING_HISTOGRAM = [8e306] * 9 + [1.6e308]
@@ -127,3 +129,36 @@ def test_the_packed_encoding_refuses_overflowing_bins_too(api, field: str) -> No
     r = api.post(f"{API}/runs/run-1/rounds/1/reports", content=raw, headers=PACKED_HEADERS)
     out = assert_error_body(r, 422)
     assert ["body", "reports", 0, field] in [e["loc"] for e in out["errors"]], out
+
+
+def test_a_constant_update_of_1e308_is_found_and_exported_as_non_finite(api) -> None:
+    """Through the service: the finding opens, its sentence is readable, /metrics says +Inf."""
+    api.post(f"{API}/runs", json=run_spec(expected_clients=6))
+    for rnd in range(1, 6):
+        reports = [report(f"c{i}", seed=rnd * 10 + i) for i in range(6)]
+        reports[0].update(update_norm=1e308, update_sketch=[1e308] * 3)
+        assert (
+            api.post(
+                f"{API}/runs/run-1/rounds/{rnd}/reports", json={"reports": reports}
+            ).status_code
+            == 200
+        )
+        assert (
+            api.post(f"{API}/runs/run-1/rounds/{rnd}/close", json=close_body()).status_code == 200
+        )
+    for _ in range(600):  # analysis may run off the request path: wait for the last round
+        findings = api.get(f"{API}/runs/run-1/findings", params={"client": "c0"}).json()["items"]
+        if any(f["last_round"] == 5 for f in findings):
+            break
+        time.sleep(0.05)
+    kinds = {f["kind"] for f in findings}
+    assert "nonfinite_update" in kinds and "stale_update" not in kinds, findings
+    for f in findings:
+        assert not re.search(r"\d{12,}", f["message"]), f["message"]
+    metrics = api.get("/metrics").text
+    line = next(
+        x
+        for x in metrics.splitlines()
+        if x.startswith("fl_client_anomaly_score{") and 'client="c0"' in x
+    )
+    assert line.endswith(" +Inf"), line
