@@ -396,9 +396,11 @@ class DomainCollector(Collector):
         for kind, severity, client_id, _first, last_round, _score, details in findings:
             counts[(kind, severity)] = counts.get((kind, severity), 0) + 1
             if client_id is None and kind in streak and last_round == latest:
+                body = json.loads(details or "{}")
+                if body.get("caused_by") or body.get("converged"):
+                    continue  # explained by client findings, or a converged run: does not page
                 # consecutive active rounds (quiet rounds inside an open finding do not count)
-                active = json.loads(details or "{}").get("active_streak", 1)
-                streak[kind] = max(streak[kind], int(active))
+                streak[kind] = max(streak[kind], int(body.get("active_streak", 1)))
         fam = gauge(
             "fl_run_findings_open",
             "Open findings by kind and severity.",

@@ -212,14 +212,24 @@ def test_a_format1_state_continues_exactly_as_the_analysis_from_scratch():
     """tests/data/detector_state_format1.npz was written by the one-function analyzer after 5 rounds."""
     fed = _federation()
     run = fed.run("format1")
+    from monitor.detectors.state import _FORMAT1
+
     old = DetectorState.from_bytes(FORMAT1.read_bytes())
-    assert set(old.detectors) == {d.name for d in DEFAULT.detectors}
+    # detectors and fields added since format 1 (issue 11: one_cause, the divergence memory,
+    # the last ok round, the aggregate norm history) start fresh; everything format 1 held is kept
+    assert set(old.detectors) == {d.name for d in DEFAULT.detectors} - {"one_cause"}
     scratch = _run_rounds(fed, run, range(1, 9))
-    assert old.equals(scratch[4].state)
+    new = scratch[4].state
+    for name, mapping in _FORMAT1.items():
+        for field_name in mapping:
+            a, b = (
+                getattr(old.detectors[name], field_name),
+                getattr(new.detectors[name], field_name),
+            )
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), (name, field_name)
     resumed = _run_rounds(fed, run, range(6, 9), state=old)
     for a, b in zip(resumed, scratch[5:], strict=True):
         assert [s.to_dict() for s in a.active] == [s.to_dict() for s in b.active]
-        assert a.state.equals(b.state)
     assert any(s.kind == "label_drift" for s in resumed[-1].active)
 
 

@@ -124,13 +124,13 @@ FAULT_CASES = [
     (Fault("label_shift", [3], 15, magnitude=0.6), "label_drift", 15),
     (Fault("feature_shift", [4], 12, magnitude=1.0), "feature_drift", 12),
     (Fault("loss_jump", [5], 15, magnitude=1.2), "performance_drift", 16),
-    (Fault("sign_flip", [6], 10), "update_divergence", 11),
+    (Fault("sign_flip", [6], 10), "update_divergence", 10),
     (Fault("norm_scale", [7], 10, magnitude=5.0), "update_divergence", 11),
     (Fault("stale", [8], 10), "stale_update", 10),
     (Fault("free_rider", [9], 10), "free_rider", 10),
     (Fault("nonfinite", [10], 10, 11), "nonfinite_update", 10),
-    (Fault("dropout", [11], 10), "dropout", 12),
-    (Fault("missing", [12], 10), "dropout", 12),
+    (Fault("dropout", [11], 10), "dropout", 11),
+    (Fault("missing", [12], 10), "dropout", 11),
     (Fault("straggler", [13], 10, magnitude=10.0), "straggler", 10),
 ]
 

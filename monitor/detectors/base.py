@@ -240,9 +240,25 @@ class DetectorStateBase:
             kw[name] = [arrays[f"{name}/{i}"] for i in range(count)]
         for name, keys in header["dicts"].items():
             kw[name] = {k: arrays[f"{name}/{k}"] for k in keys}
+        present = [f for f in fields(cls) if f.name not in kw and f.name in arrays]
+        for f in present:
+            kw[f.name] = arrays[f.name]
+        # a field added to a layout since the state was stored (additive, no layout bump):
+        # per-client arrays start at their fill for the clients already known, others at default
+        known = next((kw[f.name].shape[0] for f in present if f.metadata.get("per_client")), 0)
         for f in fields(cls):
-            if f.name not in kw:
-                kw[f.name] = arrays[f.name]
+            if f.name in kw:
+                continue
+            if f.metadata.get("per_client"):
+                fresh = f.default_factory()  # type: ignore[misc]
+                fill = 0 if f.metadata["fill"] == "round" else f.metadata["fill"]
+                kw[f.name] = np.full((known,) + fresh.shape[1:], fill, dtype=fresh.dtype)
+            elif f.default is not MISSING:
+                kw[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                kw[f.name] = f.default_factory()
+            else:
+                raise KeyError(f.name)
         return cls(**kw)
 
 
@@ -380,6 +396,16 @@ class Detector(ABC):
     @abstractmethod
     def step(self, ctx: RoundContext, state: Any) -> Step:
         """Analyse one round: scores, active signals, values for later detectors; update ``state``."""
+
+    def finish(
+        self, ctx: RoundContext, active: list[ActiveSignal]
+    ) -> tuple[list[ActiveSignal], dict[str, float]]:
+        """After every detector's step: rewrite the round's signals (default: unchanged).
+
+        For a detector that relates signals to each other (one finding per cause,
+        :mod:`monitor.detectors.causes`); returns the signals and extra round scores.
+        """
+        return active, {}
 
     @classmethod
     def threshold_fields(cls) -> list[Any]:

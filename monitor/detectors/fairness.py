@@ -4,6 +4,15 @@ A fairness regression is the mean client accuracy rising while the mean of
 the worst 10% falls, over ``fairness_window`` rounds (least-squares changes):
 the average hides the minority getting worse. Per-client benefit of
 federation (global-model accuracy minus a reported local-only baseline).
+
+The worst decile of 20-50 clients is 2-5 clients, each evaluated on a few dozen
+held-out examples: it moves by several points from round to round by chance. So
+the threshold follows that noise: ``fairness_worst_drop`` plus
+``fairness_noise_z`` standard deviations of the fitted change, with the per-round
+sd the larger of the binomial sd of the worst-decile mean from the clients'
+``eval_examples`` (when reported) and the round-to-round noise of the worst-decile
+series itself (:func:`monitor.signals.fairness.series_noise_sd`, which also
+carries the noise of client sampling under partial participation).
 """
 
 from __future__ import annotations
@@ -42,6 +51,11 @@ class FairnessThresholds:
     )
     fairness_floor: float = threshold(
         0.5, "Accuracy below which a client counts in accuracy_share_below_floor."
+    )
+    fairness_noise_z: float = threshold(
+        3.0,
+        "Standard deviations of the worst-decile change's sampling noise added to "
+        "fairness_worst_drop.",
     )
 
 
@@ -134,6 +148,11 @@ class Fairness(Detector):
             "fairness_worst_decile_change_ratio",
             "Change of the worst-decile mean client accuracy over the fairness window.",
         ),
+        _ratio(
+            "fairness_worst10_threshold",
+            "fairness_worst_decile_threshold_ratio",
+            "Fall of the worst-decile mean that is a regression this round (base + noise).",
+        ),
     )
 
     def step(self, ctx: RoundContext, state: FairnessState) -> Step:
@@ -159,30 +178,51 @@ class Fairness(Detector):
             mean_ch, worst_ch = fairness.fairness_regression(
                 state.mean_history[-w:], state.worst_history[-w:]
             )
+        limit, noise_sd = _noise_aware_limit(ctx, state, w)
         rs["fairness_mean_change"] = mean_ch
         rs["fairness_worst10_change"] = worst_ch
+        rs["fairness_worst10_threshold"] = limit
         active = []
-        if mean_ch > 0 and worst_ch < -th.fairness_worst_drop:
+        if mean_ch > 0 and worst_ch < -limit:
             drop = -worst_ch
             active.append(
                 ActiveSignal(
                     kind="fairness_regression",
-                    severity=severity_for(drop / th.fairness_worst_drop, th.critical_factor),
+                    severity=severity_for(drop / limit, th.critical_factor),
                     client_id=None,
                     score=drop,
-                    threshold=th.fairness_worst_drop,
+                    threshold=limit,
                     message=(
                         f"round {ctx.round}: mean accuracy {'+' if mean_ch >= 0 else ''}{fmt(100 * mean_ch, 1)} pts "
                         f"over {w} rounds while the worst 10% fell {fmt(100 * drop, 1)} pts "
-                        f"(to {pct(fs['accuracy_worst10_mean'])}); threshold {fmt(100 * th.fairness_worst_drop, 1)} pts"
+                        f"(to {pct(fs['accuracy_worst10_mean'])}); threshold {fmt(100 * limit, 1)} pts "
+                        f"({fmt(100 * th.fairness_worst_drop, 1)} + {fmt(th.fairness_noise_z, 1)} sd of its "
+                        f"sampling noise {fmt(100 * noise_sd, 1)})"
                     ),
                     details={
                         "mean_change": mean_ch,
                         "worst10_change": worst_ch,
                         "window_rounds": w,
+                        "noise_sd": noise_sd,
+                        "base_threshold": th.fairness_worst_drop,
                     },
                 )
             )
         return Step(
             client_scores={"federation_benefit": benefit_all}, round_scores=rs, active=active
         )
+
+
+def _noise_aware_limit(ctx: RoundContext, state: FairnessState, window: int) -> tuple[float, float]:
+    """(threshold on the worst-decile fall, sd of the fall's sampling noise); see the module docstring."""
+    th, data = ctx.th, ctx.data
+    acc = np.where(ctx.ok, data.eval_accuracy, np.nan)
+    examples = getattr(data, "eval_examples", None)
+    binomial = (
+        fairness.worst_fraction_noise_sd(acc, examples, 0.1) if examples is not None else math.nan
+    )
+    series = fairness.series_noise_sd(state.worst_history)
+    sigma = float(np.nanmax([binomial, series, 0.0]))
+    change_sd = fairness.change_noise_sd(sigma, window)
+    noise = 0.0 if math.isnan(change_sd) else change_sd
+    return th.fairness_worst_drop + th.fairness_noise_z * noise, noise

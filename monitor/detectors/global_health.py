@@ -3,6 +3,14 @@ or accuracy stays far below a centralized baseline.
 
 Reads the update-anomalies step (``ctx.output("update_anomalies")``) to say
 how many clients sent non-finite updates when the aggregate is non-finite.
+
+A flat loss is not always a problem: a model that learned and whose updates
+are settling has *converged* (:func:`monitor.signals.health.converged`: best
+loss at least ``converged_min_loss_gain`` below the first round's, aggregate
+update norm of the last window at most ``converged_max_norm_ratio`` x the first
+window's). Its stagnation is reported as ``info`` with ``details.converged`` and
+does not page; a run that stalls without having learned, or keeps taking
+full-size steps, is *stuck* and stays a warning.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from monitor.signals import health
 
 __all__ = ["GlobalHealth", "GlobalHealthThresholds", "GlobalHealthState"]
 
+NORM_CAP = 4096
+"""Aggregate norms kept: the convergence test compares the first window with the last."""
+
 
 @dataclass(frozen=True)
 class GlobalHealthThresholds:
@@ -44,11 +55,21 @@ class GlobalHealthThresholds:
     centralized_gap_min_rounds: int = threshold(
         10, "Rounds analysed before the centralized gap is judged."
     )
+    converged_min_loss_gain: float = threshold(
+        0.2, "A stagnating run has converged if its best loss is this much below round 1's..."
+    )
+    converged_max_norm_ratio: float = threshold(
+        0.5, "... and its recent aggregate update norm at most this x its first rounds'."
+    )
 
 
 @dataclass
 class GlobalHealthState(DetectorStateBase):
     loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    norm_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Aggregate update norms from round 1 on (capped)."""
+    first_loss: float = math.nan
+    """The first finite global loss (the convergence test's "learned" reference)."""
 
 
 class GlobalHealth(Detector):
@@ -124,6 +145,12 @@ class GlobalHealth(Detector):
         jump = health.loss_jump_ratio(gl_f, state.loss_history)
         state.loss_history = np.append(state.loss_history, gl_f)[-HISTORY_CAP:]
         stag = health.stagnation(state.loss_history, th.stagnation_window)
+        if math.isnan(state.first_loss) and math.isfinite(gl_f):
+            state.first_loss = gl_f
+        agg = data.aggregate_update_norm
+        state.norm_history = np.append(state.norm_history, math.nan if agg is None else float(agg))[
+            -NORM_CAP:
+        ]
         acc = data.global_eval_accuracy
         bad = health.nonfinite_aggregate(gl, data.aggregate_update_norm, data.aggregate_sketch)
         gap = health.centralized_gap(ctx.cfg.centralized_accuracy, acc)
@@ -168,18 +195,31 @@ class GlobalHealth(Detector):
                 )
             )
         if math.isfinite(stag) and stag < th.stagnation_min_improvement:
+            done = health.converged(
+                np.concatenate([[state.first_loss], state.loss_history]),
+                state.norm_history,
+                th.stagnation_window,
+                min_loss_gain=th.converged_min_loss_gain,
+                max_norm_ratio=th.converged_max_norm_ratio,
+            )
+            verdict = (
+                "converged (learned, updates settling): not a fault"
+                if done
+                else "stuck (flat without having learned, or steps not shrinking)"
+            )
             active.append(
                 ActiveSignal(
                     kind="global_stagnation",
-                    severity="warning",
+                    severity="info" if done else "warning",
                     client_id=None,
                     score=stag,
                     threshold=th.stagnation_min_improvement,
                     message=(
                         f"round {rnd}: best global loss improved {fmt(100 * stag, 2)}% over the last "
-                        f"{th.stagnation_window} rounds; threshold {fmt(100 * th.stagnation_min_improvement, 2)}%"
+                        f"{th.stagnation_window} rounds; threshold {fmt(100 * th.stagnation_min_improvement, 2)}%; "
+                        f"{verdict}"
                     ),
-                    details={"window_rounds": th.stagnation_window},
+                    details={"window_rounds": th.stagnation_window, "converged": done},
                 )
             )
         judged = ctx.rounds_seen + 1 >= th.centralized_gap_min_rounds

@@ -6,6 +6,16 @@
   a material multiple of the round median;
 * participation_drop: ok reports over expected (``num_sampled`` when the
   round close sent it, else the run's ``expected_clients``).
+
+Under partial participation (``num_sampled`` below the run's
+``expected_clients``, sampling rate ``q``) a client can only fail when it is
+sampled, so its streak moves on those rounds alone; the streak it needs is
+``max(1, ceil(dropout_streak_rounds * q))`` sampled failures, which keeps the
+expected rounds to a finding about what they are under full participation. When
+the server reports only the clients that answered, a client that stays absent
+is a dropout once its absence is improbable under sampling alone:
+``(1 - q)^n <= dropout_absence_p_value`` for ``n`` rounds since it last reported ok
+(:func:`monitor.signals.participation.absence_p_value`).
 """
 
 from __future__ import annotations
@@ -39,7 +49,12 @@ class ParticipationThresholds:
         0.8, "Ok reports over expected clients below which participation dropped."
     )
     dropout_streak_rounds: int = threshold(
-        3, "Consecutive missing/failed rounds before a client counts as dropped out."
+        2, "Consecutive missing/failed rounds before a client counts as dropped out."
+    )
+    dropout_absence_p_value: float = threshold(
+        1e-4,
+        "Partial participation, absent clients: chance of the absence under sampling alone "
+        "at or below which the client dropped out.",
     )
     straggler_robust_z: float = threshold(
         3.5, "Robust z of log wall time within the round beyond which a client straggles."
@@ -54,6 +69,8 @@ class ParticipationState(DetectorStateBase):
     straggler: np.ndarray = client_field(dtype=np.int64)
     dropout: np.ndarray = client_field(dtype=np.int64)
     """Streaks; ``dropout`` counts over every known client, present or not."""
+    last_ok_round: np.ndarray = client_field(fill="round", dtype=np.int64)
+    """The last round each client reported ok (its first round until it does)."""
 
 
 class Participation(Detector):
@@ -155,12 +172,21 @@ class Participation(Detector):
         if count_absent:
             failed_k |= absent_k
         state.dropout = participation.dropout_streaks(state.dropout, failed_k, ok_k)
+        state.last_ok_round[idx[ok]] = ctx.round
         ctx.add_anomaly(
             np.minimum(wall_z / th.straggler_robust_z, wall_ratio / th.straggler_min_ratio)
         )
-        drop_k = np.flatnonzero(state.dropout >= th.dropout_streak_rounds)
+        q = _sampling_rate(expected, ctx.cfg.expected_clients)
+        need = (
+            th.dropout_streak_rounds if q >= 1 else max(1, math.ceil(th.dropout_streak_rounds * q))
+        )
+        p_absent = participation.absence_p_value(ctx.round - state.last_ok_round, q)
+        improbable = (
+            absent_k & (q < 1) & (np.nan_to_num(p_absent, nan=1.0) <= th.dropout_absence_p_value)
+        )
+        drop_k = np.flatnonzero((state.dropout >= need) | improbable)
         active = [_straggler(ctx, i, wall_z, wall_ratio) for i in np.flatnonzero(straggler)]
-        active += [_dropout(ctx, state, int(c), absent_k) for c in drop_k]
+        active += [_dropout(ctx, state, int(c), absent_k, need, q, p_absent) for c in drop_k]
         status = np.asarray(data.status, dtype=object)
         counts = participation.status_counts(status)
         part = participation.participation_ratio(counts["ok"], expected)
@@ -211,8 +237,21 @@ def _straggler(ctx: RoundContext, i: int, wall_z: np.ndarray, ratio: np.ndarray)
     )
 
 
+def _sampling_rate(expected: int | None, expected_clients: int | None) -> float:
+    """This round's sampled share of the run's clients (1 when unknown or full)."""
+    if not expected or not expected_clients or expected >= expected_clients:
+        return 1.0
+    return expected / expected_clients
+
+
 def _dropout(
-    ctx: RoundContext, state: ParticipationState, k: int, absent: np.ndarray
+    ctx: RoundContext,
+    state: ParticipationState,
+    k: int,
+    absent: np.ndarray,
+    need: int,
+    q: float,
+    p_absent: np.ndarray,
 ) -> ActiveSignal:
     th, rnd = ctx.th, ctx.round
     cid, streak = str(ctx.client_ids[k]), int(state.dropout[k])
@@ -220,17 +259,33 @@ def _dropout(
     status = np.asarray(ctx.data.status, dtype=object)
     what = f"status {status[np.flatnonzero(ctx.idx == k)[0]]}" if present else "no report"
     last = int(ctx.last_seen_round[k]) if not present else rnd
+    if streak >= need:
+        sampled = "" if q >= 1 else f" it was sampled in ({pct(q)} of clients sampled per round)"
+        return ActiveSignal(
+            kind="dropout",
+            severity=severity_for(streak / need, th.critical_factor),
+            client_id=cid,
+            score=float(streak),
+            threshold=float(need),
+            message=(
+                f"client {cid}: failed or missing in {streak} consecutive rounds{sampled} "
+                f"({what} in round {rnd}); last seen round {last}"
+            ),
+            details={"streak_rounds": streak, "reported": present, "sampling_rate": q},
+        )
+    unseen = rnd - int(state.last_ok_round[k])
     return ActiveSignal(
         kind="dropout",
-        severity=severity_for(streak / th.dropout_streak_rounds, th.critical_factor),
+        severity="warning",
         client_id=cid,
-        score=float(streak),
-        threshold=float(th.dropout_streak_rounds),
+        score=float(p_absent[k]),
+        threshold=th.dropout_absence_p_value,
         message=(
-            f"client {cid}: missing from {streak} consecutive rounds ({what} in round {rnd}); "
-            f"last seen round {last}"
+            f"client {cid}: no ok report for {unseen} rounds (last round {int(state.last_ok_round[k])}); "
+            f"with {pct(q)} of clients sampled per round that happens by chance with "
+            f"probability {float(p_absent[k]):.1e}"
         ),
-        details={"streak_rounds": streak, "reported": present},
+        details={"rounds_unseen": unseen, "reported": False, "sampling_rate": q},
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import MISSING, asdict, field, fields, make_dataclass
 from typing import Any
 
 from monitor.detectors.base import ClientScore, Detector, FindingKind, RoundScore, Streak
+from monitor.detectors.causes import OneCause
 from monitor.detectors.common import (
     ANALYZER_CLIENT_SCORES,
     ANALYZER_ROUND_SCORES,
@@ -46,6 +47,7 @@ DETECTORS: tuple[Detector, ...] = (
     Fairness(),
     GlobalHealth(),  # reads update_anomalies
     PrivacyBudget(),
+    OneCause(),  # last: relates the others' signals (federation-wide drift, caused_by)
 )
 """Every detector the service runs, in run order."""
 

@@ -27,6 +27,7 @@ from monitor.detectors.base import (
     threshold,
 )
 from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
+from monitor.detectors.update_memory import MemoryRound, memory_round
 from monitor.detectors.update_stats import UpdateRound, update_round
 from monitor.signals import divergence
 
@@ -57,6 +58,36 @@ class UpdateThresholds:
     free_rider_norm_ratio: float = threshold(
         0.01, "Norm at or below this x the round median (or exactly 0) is a free rider."
     )
+    divergence_reference_rounds: int = threshold(
+        3, "Usable rounds of a client's own updates its divergence memory is referenced on."
+    )
+    divergence_cusum_allowance: float = threshold(
+        1.5,
+        "CUSUM allowance k of the leave-one-out cosine drop (robust z): rounds above -k drain "
+        "the evidence.",
+    )
+    divergence_cosine_min_drop: float = threshold(
+        0.1,
+        "A round adds cosine-drop evidence only when the leave-one-out cosine fell at least "
+        "this much more than the round's median client's.",
+    )
+    divergence_cusum_threshold: float = threshold(
+        5.0, "Accumulated cosine-drop evidence (robust z units) at which an update diverges."
+    )
+    direction_change_margin: float = threshold(
+        0.3,
+        "Drop of the cosine to the client's own previous update, beyond its reference and "
+        "the round's median drop, that counts as evidence.",
+    )
+    direction_change_threshold: float = threshold(
+        1.0, "Accumulated direction-change evidence (cosine units) at which an update diverges."
+    )
+    update_reversal_cosine: float = threshold(
+        -0.5, "Cosine to the client's own previous update at or below which it turned round..."
+    )
+    update_reversal_min_change: float = threshold(
+        1.0, "... when that is also this far below the client's reference cosine to its previous."
+    )
 
 
 @dataclass
@@ -68,6 +99,14 @@ class UpdateState(DetectorStateBase):
     free_rider: np.ndarray = client_field(dtype=np.int64)
     nonfinite_update: np.ndarray = client_field(dtype=np.int64)
     """Streaks (consecutive observed rounds) of each signal."""
+    loo_ref_sum: np.ndarray = client_field()
+    loo_ref_n: np.ndarray = client_field(dtype=np.int64)
+    prev_ref_sum: np.ndarray = client_field()
+    prev_ref_n: np.ndarray = client_field(dtype=np.int64)
+    cosine_evidence: np.ndarray = client_field()
+    direction_evidence: np.ndarray = client_field()
+    """Divergence memory (:mod:`monitor.detectors.update_memory`): reference sums and counts of
+    the leave-one-out cosine and of the cosine to the previous update; CUSUM evidence."""
 
     @classmethod
     def fresh(cls, cfg: Any, num_clients: int) -> UpdateState:
@@ -144,6 +183,15 @@ class UpdateAnomalies(Detector):
             "Robust z-score (median/MAD) of the client's update norm within the round.",
             metric="fl_client_update_norm_robust_z",
         ),
+        ClientScore(
+            "update_cosine_leave_one_out",
+            "Cosine between the client's sketch and the mean of the other clients' sketches.",
+        ),
+        ClientScore(
+            "update_divergence_evidence",
+            "Divergence memory: the client's accumulated evidence over its threshold (1 = at it).",
+            metric="fl_client_update_divergence_evidence_ratio",
+        ),
     )
     streaks = (
         Streak("update_anomaly", "update divergence (norm or direction)"),
@@ -197,14 +245,30 @@ class UpdateAnomalies(Detector):
             streak = getattr(state, name)
             streak[idx] = divergence.update_streak(streak[idx], flag, observed)
         persistent = state.update_anomaly[idx] >= th.update_divergence_min_streak
-        divergent = persistent & unusual
+        judged = ok & u.has_sk & ~free & ~stale & ~u.nonfinite
+        mem = memory_round(
+            sketch=u.sketch,
+            norm=u.norm_src,
+            weights=np.asarray(ctx.data.num_examples, dtype=np.float64),
+            cos_prev=u.cos_prev,
+            judged=judged,
+            idx=idx,
+            state=state,
+            th=th,
+        )
+        divergent = (persistent & unusual) | mem.flag
         # np.minimum, not fmin: a missing score (too few clients, a failed client) must stay
         # missing (0 in the anomaly score), not become exactly the alarm line.
         capped = np.where(unusual | persistent, score, np.minimum(score, th.update_robust_z))
         ctx.add_anomaly(capped / th.update_robust_z)
         ctx.add_anomaly(np.where(stale | free, 1.0, 0.0))
         ctx.mark_infinite_anomaly(u.nonfinite)
-        active = [_divergence(ctx, state, u, score, i) for i in np.flatnonzero(divergent)]
+        active = [
+            _divergence(ctx, state, u, score, i)
+            if persistent[i] and unusual[i]
+            else _memory_divergence(ctx, u, mem, i)
+            for i in np.flatnonzero(divergent)
+        ]
         active += [_stale(ctx, state, u, i) for i in np.flatnonzero(stale)]
         active += [_free(ctx, state, u, i) for i in np.flatnonzero(free)]
         active += [_nonfinite(ctx, u, i) for i in np.flatnonzero(u.nonfinite)]
@@ -214,6 +278,11 @@ class UpdateAnomalies(Detector):
             "update_cosine_previous": u.cos_prev,
             "update_norm_ratio": u.norm_ratio,
             "update_norm_robust_z": u.z_norm,
+            "update_cosine_leave_one_out": mem.loo_cosine,
+            "update_divergence_evidence": np.fmax(
+                mem.cosine_evidence / th.divergence_cusum_threshold,
+                mem.direction_evidence / th.direction_change_threshold,
+            ),
         }
         for s in self.streaks:
             client_scores[s.score] = getattr(state, s.name)[idx].astype(np.float64)
@@ -252,6 +321,51 @@ def _divergence(
             "norm_ratio": json_num(u.norm_ratio[i]),
             "norm_robust_z": json_num(u.z_norm[i]),
             "streak_rounds": k,
+        },
+    )
+
+
+_MEMORY_SENTENCE = {
+    "colluding": "sends the same update as {identical} other client(s) this round (colluding)",
+    "sign_reversal": "update turned round against its previous one (cosine {cos_prev})",
+    "direction_change": "updates no longer point like its own earlier ones (cosine to previous "
+    "{cos_prev}; evidence {dir_ev} over threshold {dir_th})",
+    "cosine_drop": "update sits far below its usual place among the others' for several rounds "
+    "(leave-one-out cosine {loo}; evidence {cos_ev} over threshold {cos_th})",
+}
+
+
+def _memory_divergence(ctx: RoundContext, u: UpdateRound, mem: MemoryRound, i: int) -> ActiveSignal:
+    th, cid = ctx.th, ctx.ids[i]
+    pattern = mem.pattern[i] or "cosine_drop"
+    ratio = max(
+        mem.cosine_evidence[i] / th.divergence_cusum_threshold,
+        mem.direction_evidence[i] / th.direction_change_threshold,
+        1.0,
+    )
+    what = _MEMORY_SENTENCE[pattern].format(
+        identical=int(mem.identical[i]),
+        cos_prev=fmt(u.cos_prev[i]) if np.isfinite(u.cos_prev[i]) else "n/a",
+        dir_ev=fmt(mem.direction_evidence[i]),
+        dir_th=fmt(th.direction_change_threshold),
+        loo=fmt(mem.loo_cosine[i]) if np.isfinite(mem.loo_cosine[i]) else "n/a",
+        cos_ev=fmt(mem.cosine_evidence[i], 1),
+        cos_th=fmt(th.divergence_cusum_threshold, 1),
+    )
+    return ActiveSignal(
+        kind="update_divergence",
+        severity=severity_for(ratio, th.critical_factor),
+        client_id=cid,
+        score=float(ratio),
+        threshold=1.0,
+        message=f"client {cid}: {what}",
+        details={
+            "pattern": pattern,
+            "cosine_leave_one_out": json_num(mem.loo_cosine[i]),
+            "cosine_previous": json_num(u.cos_prev[i]),
+            "cosine_evidence": json_num(mem.cosine_evidence[i]),
+            "direction_evidence": json_num(mem.direction_evidence[i]),
+            "identical_to": int(mem.identical[i]),
         },
     )
 

@@ -199,3 +199,31 @@ def test_many_live_runs_share_one_per_client_budget_most_recent_first(app_factor
     assert len(samples["fl_client_anomaly_score"]) == 120
     # run-level series and quantiles stay for every run
     assert {s.labels["run"] for s in samples["fl_run_client_anomaly_score_quantile"]} == {f"run{i}" for i in range(5)}
+
+
+def test_explained_and_converged_federation_findings_do_not_page(api, store: Store) -> None:  # type: ignore[no-untyped-def]
+    """A finding explained by client findings (caused_by) or a converged run has no streak: no alert."""
+    import json
+
+    from monitor.store.tables import FindingRow
+
+    populate(store, "r2", 20, rounds=3)
+    with store.write_session() as session:
+        for kind, details in (
+            ("fairness_regression", {"active_streak": 3, "caused_by": ["c0004"]}),
+            ("global_stagnation", {"active_streak": 3, "converged": True}),
+            ("participation_drop", {"active_streak": 3}),
+        ):
+            session.add(
+                FindingRow(run_id="r2", kind=kind, severity="info" if len(details) > 1 else "warning",
+                           client_id=None, first_round=1, last_round=3, message=kind,
+                           details_json=json.dumps(details))  # fmt: skip
+            )
+    _, samples = scrape(api)
+    assert value(samples, "fl_run_signal_streak_rounds", run="r2", kind="fairness_regression") == 0
+    assert value(samples, "fl_run_signal_streak_rounds", run="r2", kind="global_stagnation") == 0
+    assert value(samples, "fl_run_signal_streak_rounds", run="r2", kind="participation_drop") == 3
+    assert (
+        value(samples, "fl_run_findings_open", run="r2", kind="fairness_regression", severity="info")
+        == 1
+    )

@@ -1,0 +1,146 @@
+"""Divergence with memory: evidence against a client's update that accumulates over rounds.
+
+One round cannot separate a Byzantine update from an honest one in a non-IID
+federation: honest clients' cosines to the aggregate already spread from about
+-0.6 to 0.5 (label skew alpha 0.1), so a sign-flipped or noise update sits inside
+that spread. What the attacker cannot hide is that *its* update stopped looking
+like *its own* earlier ones. Four pieces of evidence, each judged against the
+client's own reference (its first ``divergence_reference_rounds`` usable rounds)
+and the round (robust statistics over the other clients), never against an
+aggregate that contains the client itself:
+
+* **cosine drop** - the cosine of the client's sketch to the leave-one-out mean of
+  the other clients' sketches (:func:`monitor.signals.divergence.leave_one_out_cosine`),
+  minus the client's own reference mean of it, as a robust z within the round, fed
+  to a lower CUSUM (:func:`monitor.signals.divergence.cusum_low`, allowance ``k``,
+  alarm ``h``; a round counts only where the drop beyond the round's median is at
+  least ``divergence_cosine_min_drop``, as a robust z over a tiny spread is no
+  effect): a client that sits far below its usual place round after round
+  builds evidence, one with a low cosine that is normal for its data does not;
+* **direction change** - the client's cosine to its own previous update against its
+  reference mean of it, less the round's median of that change, in a CUSUM with a
+  margin: honest consecutive updates of one client point alike (its data does not
+  change); random-noise updates do not;
+* **sign reversal** - the cosine to its own previous update at or below
+  ``update_reversal_cosine`` (-0.5) *and* at least ``update_reversal_min_change``
+  below its reference (beyond the round's median change): an update that turned
+  round from one round to the next where the client's updates used to agree (a
+  sign flip starts; honest clients stay above -0.3 in the benchmark);
+* **colluding** - the same update (sketch cosine >= ``stale_cosine_min``, same norm)
+  as another client this round (:func:`monitor.signals.divergence.identical_updates`):
+  attacks that craft one vector for several clients (ALIE, IPM) send it from all.
+
+Stale, free-riding and non-finite updates are judged by their own rules and left
+out. docs/signals.md gives the thresholds and the benchmark behind them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from monitor.signals import divergence
+
+__all__ = ["MemoryRound", "memory_round", "PATTERNS"]
+
+PATTERNS = ("colluding", "sign_reversal", "direction_change", "cosine_drop")
+"""Evidence names, strongest first (a finding names the first that holds)."""
+
+
+@dataclass
+class MemoryRound:
+    """This round's memory evidence (arrays over the round's clients)."""
+
+    loo_cosine: np.ndarray
+    cosine_evidence: np.ndarray
+    direction_evidence: np.ndarray
+    identical: np.ndarray
+    reversal: np.ndarray
+    flag: np.ndarray
+    pattern: list[str | None]
+
+
+def _reference(
+    total: np.ndarray,
+    count: np.ndarray,
+    idx: np.ndarray,
+    value: np.ndarray,
+    use: np.ndarray,
+    need: int,
+) -> np.ndarray:
+    """The mean of each client's first ``need`` usable values (NaN until it has them).
+
+    ``total``/``count`` are the state's per-client arrays (rows ``idx``), grown in place.
+    """
+    tot, cnt = total[idx], count[idx]
+    base = np.where(cnt >= need, tot / np.maximum(cnt, 1), np.nan)
+    grow = use & np.isfinite(value) & (cnt < need)
+    total[idx[grow]] += value[grow]
+    count[idx[grow]] += 1
+    return base
+
+
+def memory_round(
+    *,
+    sketch: np.ndarray,
+    norm: np.ndarray,
+    weights: np.ndarray,
+    cos_prev: np.ndarray,
+    judged: np.ndarray,
+    idx: np.ndarray,
+    state: Any,
+    th: Any,
+) -> MemoryRound:
+    """Evidence for this round; updates the per-client memory fields of ``state`` in place.
+
+    ``judged``: clients whose update is judged here (ok, finite, neither stale nor
+    free-riding). ``state`` carries ``loo_ref_sum``/``loo_ref_n``,
+    ``prev_ref_sum``/``prev_ref_n``, ``cosine_evidence``, ``direction_evidence``.
+    """
+    need = int(th.divergence_reference_rounds)
+    loo = divergence.leave_one_out_cosine(sketch, weights, judged)
+    base_loo = _reference(state.loo_ref_sum, state.loo_ref_n, idx, loo, judged, need)
+    drop = loo - base_loo
+    judged_drop = judged & np.isfinite(drop)
+    z = divergence.robust_z(drop, judged)
+    if judged_drop.sum() >= 5:
+        # a robust z over a tiny spread is not an effect: the drop must also be material
+        beyond = drop - float(np.median(drop[judged_drop]))
+        z = np.where(np.nan_to_num(beyond, nan=0.0) <= -th.divergence_cosine_min_drop, z, 0.0)
+        z = np.where(judged_drop, z, np.nan)
+    ev_c = divergence.cusum_low(
+        state.cosine_evidence[idx], z, th.divergence_cusum_allowance, judged
+    )
+    state.cosine_evidence[idx] = ev_c
+    base_prev = _reference(state.prev_ref_sum, state.prev_ref_n, idx, cos_prev, judged, need)
+    change = base_prev - cos_prev
+    ok_change = judged & np.isfinite(change)
+    med = float(np.median(change[ok_change])) if ok_change.sum() >= 5 else 0.0
+    step = change - med - th.direction_change_margin
+    ev_d = state.direction_evidence[idx]
+    ev_d = np.where(ok_change, np.maximum(0.0, ev_d + np.nan_to_num(step)), ev_d)
+    state.direction_evidence[idx] = ev_d
+    reversal = (
+        ok_change
+        & (np.nan_to_num(cos_prev, nan=1.0) <= th.update_reversal_cosine)
+        & (np.nan_to_num(change - med, nan=0.0) >= th.update_reversal_min_change)
+    )
+    identical = divergence.identical_updates(
+        sketch, norm, judged, th.stale_cosine_min, th.stale_norm_rtol
+    )
+    colluding = judged & (identical >= 1)
+    by = {
+        "colluding": colluding,
+        "sign_reversal": reversal,
+        "direction_change": judged & (ev_d > th.direction_change_threshold),
+        "cosine_drop": judged & (ev_c > th.divergence_cusum_threshold),
+    }
+    flag = np.zeros(len(loo), dtype=bool)
+    pattern: list[str | None] = [None] * len(loo)
+    for name in PATTERNS:
+        for i in np.flatnonzero(by[name] & ~flag):
+            pattern[i] = name
+        flag |= by[name]
+    return MemoryRound(loo, ev_c, ev_d, identical, reversal, flag, pattern)
