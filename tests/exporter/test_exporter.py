@@ -179,7 +179,9 @@ def test_an_unreadable_store_gives_store_up_zero_not_an_error(tmp_path) -> None:
     broken.dispose()
 
 
-def test_many_live_runs_share_one_per_client_budget_most_recent_first(app_factory, store: Store) -> None:  # type: ignore[no-untyped-def]
+def test_many_live_runs_share_one_per_client_budget_most_recent_first(
+    app_factory, store: Store
+) -> None:  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
     from monitor.store.tables import RoundRow
@@ -194,11 +196,15 @@ def test_many_live_runs_share_one_per_client_budget_most_recent_first(app_factor
             row.closed_at = row.closed_at - timedelta(minutes=10 * (5 - i))
     api = app_factory(exporter_top_k_clients=50, exporter_max_exported_clients=120)
     _, samples = scrape(api)
-    exported = {f"run{i}": value(samples, "fl_run_clients_exported", run=f"run{i}") for i in range(5)}
+    exported = {
+        f"run{i}": value(samples, "fl_run_clients_exported", run=f"run{i}") for i in range(5)
+    }
     assert exported == {"run4": 50, "run3": 50, "run2": 20, "run1": 0, "run0": 0}
     assert len(samples["fl_client_anomaly_score"]) == 120
     # run-level series and quantiles stay for every run
-    assert {s.labels["run"] for s in samples["fl_run_client_anomaly_score_quantile"]} == {f"run{i}" for i in range(5)}
+    assert {s.labels["run"] for s in samples["fl_run_client_anomaly_score_quantile"]} == {
+        f"run{i}" for i in range(5)
+    }
 
 
 def test_explained_and_converged_federation_findings_do_not_page(api, store: Store) -> None:  # type: ignore[no-untyped-def]
@@ -215,15 +221,24 @@ def test_explained_and_converged_federation_findings_do_not_page(api, store: Sto
             ("participation_drop", {"active_streak": 3}),
         ):
             session.add(
-                FindingRow(run_id="r2", kind=kind, severity="info" if len(details) > 1 else "warning",
-                           client_id=None, first_round=1, last_round=3, message=kind,
-                           details_json=json.dumps(details))  # fmt: skip
+                FindingRow(
+                    run_id="r2",
+                    kind=kind,
+                    severity="info" if len(details) > 1 else "warning",
+                    client_id=None,
+                    first_round=1,
+                    last_round=3,
+                    message=kind,
+                    details_json=json.dumps(details),
+                )  # fmt: skip
             )
     _, samples = scrape(api)
     assert value(samples, "fl_run_signal_streak_rounds", run="r2", kind="fairness_regression") == 0
     assert value(samples, "fl_run_signal_streak_rounds", run="r2", kind="global_stagnation") == 0
     assert value(samples, "fl_run_signal_streak_rounds", run="r2", kind="participation_drop") == 3
     assert (
-        value(samples, "fl_run_findings_open", run="r2", kind="fairness_regression", severity="info")
+        value(
+            samples, "fl_run_findings_open", run="r2", kind="fairness_regression", severity="info"
+        )
         == 1
     )
