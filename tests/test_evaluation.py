@@ -212,3 +212,29 @@ def test_evaluate_through_the_real_service(tmp_path):
     md = (tmp_path / "evaluation.md").read_text()
     assert "| label_drift | 1 | 2 | 1.00 |" in md
     assert (tmp_path / "evaluation.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quick_grid_through_the_real_service(tmp_path):
+    """The CI grid (every fault kind incl. the attacks and a federation-wide shift, several faults,
+    healthy, dropout at half participation) runs through the service and meets loose aims."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    result = CliRunner().invoke(
+        main, ["evaluate", "--quick", "--jobs", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads((tmp_path / "evaluation.json").read_text())
+    runs = body["runs"]
+    assert {r["condition"] for r in runs} == {"full", "partial-0.5-timeout"}
+    pairs = [p for r in runs for p in r["pairs"]]
+    assert sum(p["detected"] for p in pairs) / len(pairs) >= 0.9
+    wide = next(r for r in runs if r["faults"] == ["federation_covariate_shift"])
+    assert [p["client_id"] for p in wide["pairs"]] == ["*"] and wide["pairs"][0]["detected"]
+    assert wide["findings_after_onset"] <= 4
+    healthy = [r for r in runs if not r["faults"]]
+    assert sum(r["federation_false_alarms"] for r in healthy) == 0
+    text = (tmp_path / "evaluation.md").read_text()
+    assert "Targets (issue 11)" in text and "By condition" in text
