@@ -385,6 +385,23 @@ def _label_mix(
     }
 
 
+def top_features(client_findings: list[FindingOut]) -> list[dict[str, Any]] | None:
+    """The features that moved most, from the client's first feature-drift finding in report order.
+
+    Report order puts an open finding before a resolved one (then the most severe,
+    then the earliest), so the table describes the drift the section leads with,
+    not an older episode that has since resolved.
+    """
+    return next(
+        (
+            f.details.get("top_features")
+            for f in _most_severe_first(client_findings)
+            if f.kind == "feature_drift"
+        ),
+        None,
+    )
+
+
 def _client_section(
     session: Session,
     run_id: str,
@@ -395,16 +412,9 @@ def _client_section(
 ) -> dict[str, Any]:
     history, _ = queries.client_history(session, run_id, client, None, None, 0, _ALL)
     thresholds = Thresholds().with_overrides(config.thresholds)
-    mine = [_finding(f) for f in _most_severe_first([f for f in findings if f.client_id == client])]
+    ordered = _most_severe_first([f for f in findings if f.client_id == client])
+    mine = [_finding(f) for f in ordered]
     series = scan.series.get(client, {})
-    top_features = next(
-        (
-            f.details.get("top_features")
-            for f in findings
-            if f.client_id == client and f.kind == "feature_drift"
-        ),
-        None,
-    )
     return {
         "client_id": client,
         "findings": mine,
@@ -413,7 +423,7 @@ def _client_section(
             name: {"rounds": [r for r, _ in points], "values": [num(v) for _, v in points]}
             for name, points in series.items()
         },
-        "top_features": top_features,
+        "top_features": top_features(ordered),
         "loss": {
             "rounds": [h.round for h in history],
             "eval_loss": [num(h.eval_loss) for h in history],

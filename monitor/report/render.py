@@ -39,7 +39,16 @@ def e(value: object) -> str:
 
 
 def client_anchor(client_id: str) -> str:
-    return "client-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in client_id)
+    """An HTML id for the client's section, distinct for distinct ids.
+
+    Client ids may hold ``. _ : @``; mapping them all to ``_`` made ``a.b`` and
+    ``a_b`` share one id, so the second client's charts drew into the first's
+    section. ASCII letters, digits and ``-`` stay; any other character becomes
+    ``_<hex code>_``, which no two ids share.
+    """
+    return "client-" + "".join(
+        ch if (ch.isascii() and ch.isalnum()) or ch == "-" else f"_{ord(ch):x}_" for ch in client_id
+    )
 
 
 def _fmt(value: object, digits: int = 3) -> str:
