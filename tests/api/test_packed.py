@@ -276,3 +276,17 @@ def test_bulk_insert_writes_timestamps_as_the_orm_does(api, store) -> None:
         if store.dialect == "sqlite":
             raw = session.execute(text("SELECT received_at FROM client_report")).scalars().all()
             assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", v) for v in raw), raw
+
+
+def test_the_schema_path_and_the_fast_path_agree_on_identity(api) -> None:
+    """A batch with a NaN token goes through pydantic; its finite reports resent alone take the
+    fast path and must still be recognised as the same reports."""
+    api.post(f"{API}/runs", json=run_spec())
+    noise = {"mechanism": "laplace", "scale": 1.0, "epsilon": 2.0}
+    finite = report("c1", histogram_noise=noise, update_cosine_previous_global=0.5)
+    raw = json.dumps({"reports": [finite, report("c2", update_norm=float("nan"))]})
+    first = api.post(REPORTS, content=raw, headers={"content-type": "application/json"})
+    assert first.status_code == 200 and first.json()["accepted"] == 2
+    again = api.post(REPORTS, json={"reports": [finite]})
+    assert again.json()["duplicates"] == 1
+    assert _post_packed(api, [finite]).json()["duplicates"] == 1
