@@ -125,7 +125,7 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> ServiceProcess:
+    def start(self, timeout: float = 90) -> ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "serve", "--host", "127.0.0.1", "--port", str(self.port),
