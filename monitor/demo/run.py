@@ -79,6 +79,23 @@ def prepare_data_dir(data_dir: Path) -> None:
     marker.touch()
 
 
+def demo_settings(options: DemoOptions) -> Settings:
+    """The demo service's settings: its own SQLite store in the data dir, open, notifying no one.
+
+    ``FEDSENTINEL_*`` variables set for a real service must not reach the demo:
+    a database URL would put the demo run in that database (where the next demo
+    finds run ``demo`` taken), API keys or a webhook token would refuse the
+    demo's own SDK and Alertmanager (no alert ever arrives), and a notify URL
+    would page a real receiver with the demo's findings. Other settings
+    (limits, timeouts) still apply. ``api_keys`` is cleared after validation:
+    pydantic-settings merges a dict argument into the environment's dict.
+    """
+    settings = Settings(data_dir=options.data_dir, port=options.port, host="127.0.0.1",
+                        database_url=None, alert_webhook_token=None,
+                        notify_webhook_url=None, notify_webhook_token=None)  # fmt: skip
+    return settings.model_copy(update={"api_keys": {}})
+
+
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -111,9 +128,7 @@ class Demo:
         return self.stack.enter_context(server)
 
     def start_service(self) -> str:
-        settings = Settings(
-            data_dir=self.options.data_dir, port=self.options.port, host="127.0.0.1"
-        )
+        settings = demo_settings(self.options)
         self.database_url = settings.resolved_database_url
         return self._own("fedsentinel", ServerThread(settings))
 
