@@ -19,8 +19,8 @@ Then the body is read, still refusing with 413 the moment it passes the limit
 arrived ``body_timeout_seconds`` after the headers (a client that trickles its
 body cannot hold a slot), and handed to the app. After the
 last large request in flight has finished, freed memory is handed back to the
-operating system (``malloc_trim`` on glibc), so the resident size returns to
-its baseline instead of staying at its peak.
+operating system (``malloc_trim`` on glibc), so the resident size falls back
+from its peak instead of staying there (docs/hardening.md has the figures).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("fedsentinel")
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+TRIM_DELAY_SECONDS = 0.5
 
 
 def _malloc_trim() -> Callable[[], None]:
@@ -127,7 +128,23 @@ class BodyGate:
             self._large_in_flight -= 1
             self._slots.release()
             if self._large_in_flight == 0:
-                self._trim()  # hand the freed heap back to the OS once nothing large is in flight
+                self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        """Hand the freed heap back to the OS once nothing large is in flight.
+
+        Deferred by :data:`TRIM_DELAY_SECONDS` and run off the event loop: the
+        parsed batch is released only after the answer has gone out (the
+        threadpool's last result, the response object), and a trim before that
+        would find nothing to return.
+        """
+        loop = asyncio.get_running_loop()
+
+        def trim() -> None:
+            if self._large_in_flight == 0:
+                loop.run_in_executor(None, self._trim)
+
+        loop.call_later(TRIM_DELAY_SECONDS, trim)
 
     def _too_large(self) -> str:
         return f"request body exceeds the limit of {self.max_bytes} bytes"
