@@ -38,6 +38,9 @@ class RunConfig:
     dp_sample_rate: float | None = None
     dp_delta: float | None = None
     dp_target_epsilon: float | None = None
+    telemetry_epsilon: float | None = None
+    """The run's declared telemetry budget per client (``RunCreate.telemetry_budget``)."""
+    telemetry_delta: float | None = None
     centralized_accuracy: float | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
 
@@ -58,6 +61,8 @@ class RunConfig:
             dp_sample_rate=dp.sample_rate if dp else None,
             dp_delta=dp.delta if dp else None,
             dp_target_epsilon=dp.target_epsilon if dp else None,
+            telemetry_epsilon=run.telemetry_budget.epsilon if run.telemetry_budget else None,
+            telemetry_delta=run.telemetry_budget.delta if run.telemetry_budget else None,
             centralized_accuracy=run.centralized_accuracy,
             thresholds=dict(run.thresholds),
         )
@@ -105,6 +110,11 @@ class RoundInput:
     aggregate_sketch: np.ndarray | None = None
     num_sampled: int | None = None
     epsilon: float | None = None
+    update_cosine_previous_global: np.ndarray | None = None
+    """Secure aggregation: each client's cosine of its update to the previous global update
+    (NaN = not sent); None = nobody sent one."""
+    update_repeated: np.ndarray | None = None
+    """Secure aggregation: 1 where the client flagged its update as a repeat, 0, NaN = not sent."""
 
     @property
     def n(self) -> int:
@@ -135,6 +145,8 @@ class RoundInput:
             sketch=np.full((n, cfg.sketch_dim), np.nan),
             noise_mechanism=np.full(n, None, dtype=object),
             noise_scale=np.zeros(n),
+            update_cosine_previous_global=_nan(n),
+            update_repeated=_nan(n),
         )
 
     @classmethod
@@ -163,6 +175,8 @@ class RoundInput:
             d.wall_time_seconds[i] = num(r.wall_time_seconds)
             d.update_norm[i] = num(r.update_norm)
             d.clipped[i] = np.nan if r.clipped is None else float(r.clipped)
+            d.update_cosine_previous_global[i] = num(r.update_cosine_previous_global)
+            d.update_repeated[i] = np.nan if r.update_repeated is None else float(r.update_repeated)
             nf = r.update_norm is not None and not math.isfinite(r.update_norm)
             if r.update_sketch is not None:
                 sk = np.asarray(r.update_sketch, dtype=np.float64)

@@ -33,6 +33,7 @@ from monitor.detectors.label_drift import LabelDrift
 from monitor.detectors.participation import Participation
 from monitor.detectors.performance_drift import PerformanceDrift
 from monitor.detectors.privacy_budget import PrivacyBudget
+from monitor.detectors.telemetry_privacy import TelemetryPrivacy
 from monitor.detectors.updates import UpdateAnomalies
 
 __all__ = ["DETECTORS", "Registry", "DEFAULT", "Thresholds", "KINDS"]
@@ -47,6 +48,7 @@ DETECTORS: tuple[Detector, ...] = (
     Fairness(),
     GlobalHealth(),  # reads update_anomalies
     PrivacyBudget(),
+    TelemetryPrivacy(),
     OneCause(),  # last: relates the others' signals (federation-wide drift, caused_by)
 )
 """Every detector the service runs, in run order."""

@@ -3,6 +3,11 @@
 Sketches and norms as sent; a client that sent no norm is judged on its
 sketch's norm when nobody sent one; cosines to the aggregate sketch and to the
 client's own previous sketch; robust z-scores (median/MAD) within the round.
+
+Secure aggregation (no sketch): a client's own cosine to the previous global
+update stands in for the cosine to the aggregate (one reference direction for
+the whole round, so the within-round robust z means the same), and its repeat
+flag marks a stale update (monitor/signals/update_scalars.py).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ class UpdateRound:
     norm_src: np.ndarray
     nonfinite: np.ndarray
     has_sk: np.ndarray
+    has_cos: np.ndarray
+    """A cosine to judge: from the sketch, or the client-side cosine (secure aggregation)."""
+    repeated: np.ndarray
+    """The client flagged its update as repeating its previous one (secure aggregation)."""
     good_norm: np.ndarray
     cos: np.ndarray
     cos_prev: np.ndarray
@@ -51,6 +60,17 @@ def update_round(ctx: RoundContext, prev_sketch: np.ndarray) -> UpdateRound:
     cos = nan_array(n)
     if agg is not None and has_sk.any() and np.isfinite(agg).all():
         cos[has_sk] = divergence.cosine_to(sketch[has_sk], agg)
+    has_cos = has_sk.copy()
+    client_cos = data.update_cosine_previous_global
+    if client_cos is not None:
+        use = ok & ~has_sk & np.isfinite(client_cos)
+        cos[use] = client_cos[use]
+        has_cos |= use
+    repeated = ok & (
+        np.nan_to_num(data.update_repeated, nan=0.0) > 0
+        if data.update_repeated is not None
+        else np.zeros(n, dtype=bool)
+    )
     good_norm = ok & np.isfinite(norm)
     norm_src = norm
     if not good_norm.any() and has_sk.any():  # no norms sent: the sketch's norm stands in
@@ -70,10 +90,12 @@ def update_round(ctx: RoundContext, prev_sketch: np.ndarray) -> UpdateRound:
         norm_src=norm_src,
         nonfinite=nonfinite,
         has_sk=has_sk,
+        has_cos=has_cos,
+        repeated=repeated,
         good_norm=good_norm,
         cos=cos,
         cos_prev=cos_prev,
         norm_ratio=divergence.norm_ratio_to_median(norm_src, good_norm),
         z_norm=divergence.robust_z(log_norm, good_norm),
-        z_cos=divergence.robust_z(cos, has_sk),
+        z_cos=divergence.robust_z(cos, has_cos),
     )

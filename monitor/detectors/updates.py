@@ -204,9 +204,10 @@ class UpdateAnomalies(Detector):
     def step(self, ctx: RoundContext, state: UpdateState) -> Step:
         th, ok, idx = ctx.th, ctx.ok, ctx.idx
         u = update_round(ctx, state.prev_sketch)
-        stale = ok & divergence.stale_updates(
+        repeats = divergence.stale_updates(
             u.cos_prev, u.norm_src, state.prev_norm[idx], th.stale_cosine_min, th.stale_norm_rtol
         )
+        stale = ok & (repeats | u.repeated)  # u.repeated: the client's own flag (secure agg.)
         free = u.good_norm & divergence.free_riders(
             u.norm_ratio, u.norm_src, th.free_rider_norm_ratio
         )
@@ -218,7 +219,7 @@ class UpdateAnomalies(Detector):
             u.norm_ratio,
             u.z_cos,
             u.cos,
-            u.has_sk,
+            u.has_cos,
             z_cap=th.update_robust_z,
             norm_min_ratio=th.update_norm_min_ratio,
             cosine_min_drop=th.update_cosine_min_drop,
@@ -304,6 +305,8 @@ def _divergence(
 ) -> ActiveSignal:
     th, cid = ctx.th, ctx.ids[i]
     k = int(state.update_anomaly[ctx.idx[i]])
+    client_side = bool(u.has_cos[i]) and not bool(u.has_sk[i])
+    target = "previous global update (client-side)" if client_side else "aggregate"
     return ActiveSignal(
         kind="update_divergence",
         severity=severity_for(float(score[i]) / th.update_robust_z, th.critical_factor),
@@ -311,7 +314,7 @@ def _divergence(
         score=float(score[i]),
         threshold=th.update_robust_z,
         message=(
-            f"client {cid}: update diverges for {k} rounds; cosine to aggregate "
+            f"client {cid}: update diverges for {k} rounds; cosine to {target} "
             f"{fmt(u.cos[i])} (robust z {fmt(u.z_cos[i], 1)}), norm {fmt(u.norm_ratio[i])}x median "
             f"(robust z {fmt(u.z_norm[i], 1)}); threshold |z| {fmt(th.update_robust_z, 1)}"
         ),
@@ -372,6 +375,9 @@ def _memory_divergence(ctx: RoundContext, u: UpdateRound, mem: MemoryRound, i: i
 
 def _stale(ctx: RoundContext, state: UpdateState, u: UpdateRound, i: int) -> ActiveSignal:
     cid, c = ctx.ids[i], u.cos_prev[i]
+    how = f"cosine {fmt(c, 5) if np.isfinite(c) else 'n/a'}"
+    if u.repeated[i] and not np.isfinite(c):
+        how = "flagged as a repeat by the client"
     return ActiveSignal(
         kind="stale_update",
         severity="warning",
@@ -380,10 +386,10 @@ def _stale(ctx: RoundContext, state: UpdateState, u: UpdateRound, i: int) -> Act
         threshold=ctx.th.stale_cosine_min,
         message=(
             f"client {cid}: update repeats its previous one for "
-            f"{int(state.stale_update[ctx.idx[i]])} rounds (cosine "
-            f"{fmt(c, 5) if np.isfinite(c) else 'n/a'}, same norm {fmt(u.norm_src[i], 4)})"
+            f"{int(state.stale_update[ctx.idx[i]])} rounds ({how}, same norm {fmt(u.norm_src[i], 4)})"
         ),
-        details={"cosine_previous": json_num(c), "norm": json_num(u.norm_src[i])},
+        details={"cosine_previous": json_num(c), "norm": json_num(u.norm_src[i])}
+        | ({"client_flagged_repeat": True} if bool(u.repeated[i]) else {}),
     )
 
 

@@ -15,7 +15,7 @@ from monitor.store.tables import ClientReportRow, RoundRow
 
 _SCALARS = (
     "num_examples", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-    "local_accuracy", "wall_time_seconds", "update_norm",
+    "local_accuracy", "wall_time_seconds", "update_norm", "update_cosine_previous_global",
 )
 
 
@@ -49,6 +49,8 @@ def load_round_input(session: Session, config: RunCreate, round_row: RoundRow) -
         data.nonfinite_update[i] = "update_norm" in special
         data.nonfinite_loss[i] = "train_loss" in special or "eval_loss" in special
         data.clipped[i] = np.nan if row.clipped is None else float(row.clipped)
+        if row.update_repeated is not None:
+            data.update_repeated[i] = float(row.update_repeated)
         if row.noise_mechanism:
             data.noise_mechanism[i] = row.noise_mechanism
             data.noise_scale[i] = row.noise_scale or 0.0
