@@ -81,10 +81,11 @@ def _doc_table() -> str:
 
 
 def write() -> None:
+    body = table()  # minutes of simulation: read the page only afterwards
     text = DOC.read_text(encoding="utf-8")
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
-    DOC.write_text(f"{head}{START}\n{table()}{END}{tail}", encoding="utf-8")
+    DOC.write_text(f"{head}{START}\n{body}{END}{tail}", encoding="utf-8")
 
 
 pytestmark = pytest.mark.slow
