@@ -7,6 +7,7 @@ exits, after Ctrl-C (SIGINT) in ``--serve`` mode too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -34,9 +35,9 @@ def _demo(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subp
     )  # fmt: skip
 
 
-def _processes_using(path: Path) -> list[str]:
-    """Command lines of live processes that mention ``path`` (Prometheus/Alertmanager configs live there)."""
-    found = []
+def _processes_using(path: Path) -> dict[int, str]:
+    """Pid -> command line of live processes that mention ``path`` (Prometheus/Alertmanager configs live there)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -46,8 +47,29 @@ def _processes_using(path: Path) -> list[str]:
             except OSError:
                 continue
             if str(path) in cmdline and "pytest" not in cmdline:
-                found.append(cmdline)
+                found[int(proc.name)] = cmdline
     return found
+
+
+def _stop(proc: subprocess.Popen[str], data_dir: Path) -> dict[int, str]:
+    """Stop the demo as a user would (Ctrl-C), then for sure; return what it left running, stopped too.
+
+    Prometheus and Alertmanager run in their own sessions, so killing the demo
+    would orphan them: whatever still mentions ``data_dir`` is terminated here
+    by pid, and returned so the test can fail on it.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    left = _processes_using(data_dir)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    return left
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
@@ -61,7 +83,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
         lines.append(line)
         if marker in line:
             return "".join(lines)
-    proc.kill()
+    # No kill here: the caller stops the demo with Ctrl-C, so that it stops its servers.
     pytest.fail(f"no {marker!r} in the demo's output:\n{''.join(lines)[-4000:]}")
 
 
@@ -82,14 +104,8 @@ def test_demo_serves_the_alert_path_and_report_and_ctrl_c_stops_everything(
     try:
         _check_serving_demo(proc, data_dir, tmp_path, browser_page)
     finally:
-        if proc.poll() is None:  # a failed check: stop it the way a user would, then for sure
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    assert _processes_using(data_dir) == []
+        left = _stop(proc, data_dir)  # after a failed check too
+    assert left == {}
 
 
 def _check_serving_demo(proc, data_dir: Path, tmp_path: Path, browser_page) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +161,10 @@ def test_demo_without_the_binaries_says_so_once_and_still_writes_the_report(tmp_
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     proc = _demo(data_dir, env={"PATH": str(empty_path)})
-    out, _ = proc.communicate(timeout=540)
+    try:
+        out, _ = proc.communicate(timeout=540)
+    finally:
+        left = _stop(proc, data_dir)
     assert proc.returncode == 0, out
     notes = [line for line in out.splitlines() if "not installed" in line]
     assert len(notes) == 1 and "apt-get install prometheus prometheus-alertmanager" in notes[0], out
@@ -154,4 +173,4 @@ def test_demo_without_the_binaries_says_so_once_and_still_writes_the_report(tmp_
     assert (data_dir / "report-demo.html").is_file()
     assert f'id="client-{DRIFTING}"' in (data_dir / "report-demo.html").read_text()
     assert "stopped fedsentinel" in out
-    assert _processes_using(data_dir) == []
+    assert left == {}
