@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 import orjson
 
+from collectors.analysis import wait_for_analysis
 from collectors.privacy import TelemetryBudget, TelemetryNoiser
 from collectors.sink import make_record
 from collectors.spool import Rejected, Spool
@@ -251,6 +252,14 @@ class MonitorClient:
 
     def close_round(self, run_id: str, round: int, summary: dict[str, Any]) -> None:
         self._submit(make_record("close_round", run_id, summary, round))
+
+    def wait_for_analysis(
+        self, run_id: str, round: int | None = None, *, timeout_seconds: float = 120.0
+    ) -> dict[str, Any]:
+        """Block until the service has analysed the run's closed rounds (up to ``round``), so
+        that its findings are final; a close returns before its analysis. Flushes the spool first."""
+        self.flush()
+        return wait_for_analysis(self._http, run_id, round, timeout_seconds=timeout_seconds)
 
     # -- plumbing ----------------------------------------------------------
 

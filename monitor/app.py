@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,18 +13,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
 
 from monitor import __version__
-from monitor.api import alerts, pages, queries, reports, runs
+from monitor.api import alerts, analysis, pages, queries, reports, runs
 from monitor.api.deps import MetricsAccess, require
 from monitor.api.errors import error_responses, install_error_handlers
 from monitor.api.limits import BodyGate
 from monitor.api.openapi import install_openapi
 from monitor.api.reports import RunConfigCache
-from monitor.engine import Engine
+from monitor.engine import build_engine
 from monitor.exporter import metrics_registry
 from monitor.notifier import notifier_from_settings
 from monitor.settings import Scope, Settings
 from monitor.store import Store
 from monitor.telemetry import RequestTimer, Telemetry
+from monitor.worker import AnalysisWorker
 
 log = logging.getLogger("fedsentinel")
 API_PREFIX = "/api/v1"
@@ -58,14 +58,17 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
         app.state.store.create_schema()
         notifier = notifier_from_settings(settings)
-        engine = Engine(
+        engine = build_engine(
             app.state.store,
+            settings,
             observe_seconds=app.state.telemetry.signal_seconds.observe,
             on_findings_opened=notifier,
         )
         app.state.engine = engine
-        app.state.on_round_closed = engine.on_round_closed
-        threading.Thread(target=engine.catch_up, name="fedsentinel-catch-up", daemon=True).start()
+        worker = None
+        if settings.analysis == "in_process":
+            worker = AnalysisWorker(engine, poll_seconds=settings.analysis_poll_seconds).start()
+            app.state.on_round_closed = worker.notify
         if settings.auth_enabled:
             log.info("API keys configured: %d key(s); requests need a key", len(settings.api_keys))
         else:
@@ -75,6 +78,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
         log.info("store: %s", app.state.store.dialect)
         yield
+        if worker is not None:
+            worker.stop()
         if notifier is not None:
             notifier.close()
         if own_store:
@@ -105,7 +110,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.add_middleware(RequestTimer, telemetry=app.state.telemetry)
     install_error_handlers(app)
-    for router in (runs.router, reports.router, queries.router, alerts.router, pages.router):
+    for router in (runs.router, reports.router, queries.router, analysis.router, alerts.router, pages.router):
         app.include_router(router, prefix=API_PREFIX, responses=error_responses(401, 403, 422, 503))
     app.include_router(pages.index_router)
     install_openapi(app, settings)

@@ -41,6 +41,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "grafana": "monitor.dashboards.cli:grafana",
     "report": "monitor.report.cli:report",
     "demo": "monitor.demo.cli:demo",
+    "worker": "monitor.worker_cli:worker",
+    "prune": "monitor.worker_cli:prune",
 }
 
 

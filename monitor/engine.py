@@ -4,15 +4,19 @@ load (round's reports as arrays, detector state) -> :func:`monitor.detectors.ana
 -> save (per-round scores, new state) -> :func:`monitor.findings.reconcile` -> findings.
 
 Detector state lives in the store and is locked for the duration of one
-round's analysis, so several uvicorn workers over one PostgreSQL produce the
-same findings as one: rounds are analysed one at a time, in round order, by
-whichever worker gets the lock. A round that closes after a later round was
-already analysed is marked analysed without signals (and logged): detector
-state only moves forward.
+round's analysis, so any number of analysis workers (threads in the service or
+``fedsentinel worker`` processes, :mod:`monitor.worker`) produce the same
+findings as one: rounds are analysed one at a time, in round order, by
+whichever worker gets the lock. Claiming a round *is* taking that row lock
+inside the transaction that analyses it and marks it analysed, so a round is
+analysed exactly once, and a worker that dies mid-analysis rolls back and
+releases the claim: the round is retried by the next worker that polls. On
+PostgreSQL a worker skips runs whose state another worker holds
+(``FOR UPDATE SKIP LOCKED``); SQLite serialises writers (``BEGIN IMMEDIATE``),
+so the second worker finds the round already analysed.
 
-Analysis runs after the round close is committed; if it fails, the close
-stands and the round is picked up again on the next close of that run, or by
-:meth:`Engine.catch_up` when a worker starts.
+A round that closes after a later round was already analysed is marked
+analysed without signals (and logged): detector state only moves forward.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import Session
 
 from monitor.detectors import DetectorState, RoundAnalysis, Thresholds, analyze_round
 from monitor.findings import FindingRecord, reconcile
+from monitor.settings import Settings
 from monitor.store import Store
+from monitor.store.prune import compact_run
 from monitor.store.round_input import load_round_input
 from monitor.store.scores import RoundScores, save_round_scores
 from monitor.store.tables import DetectorStateRow, FindingRow, RoundRow, utcnow
@@ -49,71 +55,90 @@ class Engine:
         resolve_after: int = 3,
         on_findings_opened: FindingsCallback | None = None,
         observe_seconds: Callable[[float], None] | None = None,
+        after_round: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
         self.thresholds = thresholds or Thresholds()
         self.resolve_after = resolve_after
         self.on_findings_opened = on_findings_opened
         self.observe_seconds = observe_seconds
+        self.after_round = after_round  # e.g. pruning old arrays once a round is analysed
 
-    def on_round_closed(self, run_id: str, round_number: int) -> None:
-        """Hook for the close endpoint: never raises (the close is already committed)."""
-        try:
-            self.analyze_pending(run_id)
-        except Exception:  # noqa: BLE001
-            log.exception("analysis of run %s failed after round %d closed; will retry", run_id, round_number)
+    def pending_runs(self) -> list[str]:
+        """Runs with closed, unanalysed rounds, the one waiting longest first."""
+        with self.store.read_session() as session:
+            rows = session.execute(
+                select(RoundRow.run_id, func.min(RoundRow.closed_at).label("since"))
+                .where(RoundRow.status == "closed", RoundRow.analyzed.is_(False))
+                .group_by(RoundRow.run_id)
+                .order_by("since")
+            ).all()
+        return [row.run_id for row in rows]
 
     def catch_up(self) -> dict[str, list[int]]:
         """Analyse every run's closed but unanalysed rounds (after a restart or a failed analysis)."""
-        with self.store.read_session() as session:
-            runs = session.execute(
-                select(RoundRow.run_id)
-                .where(RoundRow.status == "closed", RoundRow.analyzed.is_(False))
-                .distinct()
-            ).scalars().all()
         done: dict[str, list[int]] = {}
-        for run_id in runs:
+        for run_id in self.pending_runs():
             try:
                 done[run_id] = self.analyze_pending(run_id)
             except Exception:  # noqa: BLE001
                 log.exception("catch-up analysis of run %s failed", run_id)
         return done
 
-    def analyze_pending(self, run_id: str) -> list[int]:
-        """Analyse every closed, not yet analysed round of a run, oldest first."""
+    def analyze_pending(self, run_id: str, *, skip_locked: bool = False) -> list[int]:
+        """Analyse every closed, not yet analysed round of a run, oldest first.
+
+        With ``skip_locked`` (workers on PostgreSQL), stop as soon as another
+        worker holds the run's state instead of waiting for it: that worker
+        will analyse the rounds in order.
+        """
+        self._ensure_state(run_id)
         done: list[int] = []
         while True:
             opened: list[FindingRecord] = []
             with self.store.write_session() as session:
-                analysed = self._analyze_next(session, run_id, opened)
+                analysed = self._analyze_next(session, run_id, opened, skip_locked)
             if analysed is None:
                 return done
             done.append(analysed)
             if opened and self.on_findings_opened is not None:
                 self.on_findings_opened(run_id, opened)
+            if self.after_round is not None:
+                self.after_round(run_id, analysed)
 
     # -- one round, inside one transaction ---------------------------------
 
-    def _lock_state(self, session: Session, run_id: str) -> DetectorStateRow:
-        session.execute(
-            _dialect_insert(session)(DetectorStateRow)
-            .values(run_id=run_id, last_round=-1, updated_at=utcnow())
-            .on_conflict_do_nothing()
-        )
+    def _ensure_state(self, run_id: str) -> None:
+        """Create the run's state row in a transaction of its own, committed before any claim:
+        an uncommitted insert would make a second worker wait instead of skipping the run."""
+        with self.store.write_session() as session:
+            if session.get(DetectorStateRow, run_id) is None:
+                session.execute(
+                    _dialect_insert(session)(DetectorStateRow)
+                    .values(run_id=run_id, last_round=-1, updated_at=utcnow())
+                    .on_conflict_do_nothing()
+                )
+
+    def _lock_state(self, session: Session, run_id: str, skip_locked: bool) -> DetectorStateRow | None:
+        """Claim the run: lock its state row (None: another worker holds it, ``skip_locked``)."""
         return session.execute(
             select(DetectorStateRow)
             .where(DetectorStateRow.run_id == run_id)
-            .with_for_update()
+            .with_for_update(skip_locked=skip_locked and self.store.is_postgres)
             .execution_options(populate_existing=True)
-        ).scalar_one()
+        ).scalar_one_or_none()
 
-    def _analyze_next(self, session: Session, run_id: str, opened: list[FindingRecord]) -> int | None:
-        state_row = self._lock_state(session, run_id)
+    def _analyze_next(
+        self, session: Session, run_id: str, opened: list[FindingRecord], skip_locked: bool = False
+    ) -> int | None:
+        state_row = self._lock_state(session, run_id, skip_locked)
+        if state_row is None:
+            return None
         late = session.execute(
             update(RoundRow)
             .where(RoundRow.run_id == run_id, RoundRow.status == "closed", RoundRow.analyzed.is_(False),
                    RoundRow.round <= state_row.last_round)
-            .values(analyzed=True)
+            .values(analyzed=True, analyzed_at=utcnow())
             .returning(RoundRow.round)
         ).scalars().all()
         for r in late:
@@ -151,6 +176,7 @@ class Engine:
         state_row.last_round = round_row.round
         state_row.updated_at = utcnow()
         round_row.analyzed = True
+        round_row.analyzed_at = utcnow()
         session.add_all([state_row, round_row])
         if self.observe_seconds is not None:
             self.observe_seconds(time.perf_counter() - started)
@@ -251,3 +277,17 @@ def _record(row: Any) -> FindingRecord:
         status=row.status,
         resolved_round=row.resolved_round,
     )
+
+
+def build_engine(store: Store, settings: Settings, **hooks: Any) -> Engine:
+    """The engine as the settings configure it: with ``auto_prune``, each analysed round
+    compacts the run's rounds that fell out of the retention window (monitor/store/prune.py)."""
+    after_round = None
+    if settings.auto_prune:
+        retention = settings.retention_rounds
+
+        def after_round(run_id: str, _round: int) -> None:
+            with store.write_session() as session:
+                compact_run(session, run_id, retention)
+
+    return Engine(store, after_round=after_round, **hooks)

@@ -47,6 +47,7 @@ from monitor.detectors.output import SEVERITIES
 from monitor.detectors.registry import DEFAULT as REGISTRY
 from monitor.settings import Settings
 from monitor.store import Store
+from monitor.store.analysis import analysis_lag
 from monitor.store.scores import RoundScores, round_scores
 from monitor.store.tables import ClientReportRow, FindingRow, RoundRow, RoundScoresRow, RunRow
 
@@ -189,6 +190,18 @@ class DomainCollector(Collector):
         gauge("fedsentinel_runs_exported", "Runs exported by this scrape.").add_metric(
             [], float(len(runs))
         )
+        lag = analysis_lag(session)
+        gauge(
+            "fedsentinel_analysis_lag_rounds",
+            "Closed rounds not yet analysed, for the run furthest behind (0: analysis is current).",
+        ).add_metric([], float(lag.max_lag_rounds))
+        gauge(
+            "fedsentinel_analysis_pending_rounds", "Closed rounds not yet analysed, over every run."
+        ).add_metric([], float(lag.pending_rounds))
+        gauge(
+            "fedsentinel_analysis_oldest_pending_age_seconds",
+            "How long the oldest closed, unanalysed round has waited for its analysis (0 if none).",
+        ).add_metric([], lag.oldest_pending_age_seconds)
 
         findings = self._open_findings(session, [r.run_id for r in runs])
         # The most recently active runs get the per-client budget first.

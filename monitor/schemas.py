@@ -363,6 +363,25 @@ class RoundOut(WireModel):
     aggregate_sketch: list[AnyFloat] | None = None
     num_sampled: int | None = None
     epsilon: float | None = None
+    analyzed: bool = Field(default=False, description="The signal engine has analysed this closed round.")
+    analyzed_at: datetime | None = None
+    arrays_compacted: bool = Field(
+        default=False,
+        description="Client arrays (sketches, histograms) of this round were removed by retention "
+        "pruning; scalars, scores and findings remain.",
+    )
+
+
+class AnalysisStatus(WireModel):
+    """Where the signal engine stands on a run: analysis runs after the close returns."""
+
+    run_id: str
+    rounds_closed: int
+    rounds_analyzed: int
+    last_analyzed_round: int | None
+    lag_rounds: int = Field(description="Closed rounds not yet analysed.")
+    pending_rounds: list[int] = Field(description="The first (up to 100) closed, unanalysed rounds.")
+    oldest_pending_closed_at: datetime | None
 
 
 class ClientLatest(WireModel):
@@ -383,6 +402,12 @@ class ClientRoundOut(ClientReport):
     model_config = ConfigDict(extra="ignore", ser_json_inf_nan="strings")
     round: int
     received_at: datetime
+    arrays_compacted: bool = Field(
+        default=False,
+        description="This round's arrays were removed by retention pruning (FEDSENTINEL_RETENTION_ROUNDS): "
+        "update_sketch, label_histogram and feature_histograms are null because they were compacted, "
+        "not because the client did not send them.",
+    )
 
 
 class FindingOut(WireModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +97,27 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(
         default=False,
         description="Serve /metrics without a key even when API keys are configured.",
+    )
+
+    # Analysis off the request path (see monitor/worker.py).
+    analysis: Literal["in_process", "external"] = Field(
+        default="in_process",
+        description="in_process: each service process runs an analysis thread; external: the "
+        "service only ingests and `fedsentinel worker` processes analyse.",
+    )
+    analysis_poll_seconds: float = Field(
+        default=1.0, gt=0, le=3600,
+        description="How often a worker looks for rounds closed by other processes or left to retry.",
+    )
+
+    # Bounded storage (see monitor/store/prune.py).
+    retention_rounds: int = Field(
+        default=1000, ge=1,
+        description="Client arrays (sketches, histograms) of rounds more than this many rounds "
+        "behind a run's last analysed round are compacted away; scalars, scores and findings stay.",
+    )
+    auto_prune: bool = Field(
+        default=True, description="Compact old rounds as the analysis passes them (else: `fedsentinel prune`)."
     )
 
     # Direct notifier for setups without Alertmanager.

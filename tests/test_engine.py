@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from collectors.analysis import wait_for_analysis
 from collectors.sink import JsonlWriter, read_records
 from monitor.store import Store
 from monitor.store.scores import latest_round_scores
@@ -52,6 +53,7 @@ def _post(api, record: dict):  # type: ignore[no-untyped-def]
 def test_label_drift_is_found_on_the_right_client_from_the_right_round(api, store, stream) -> None:
     for record in stream:
         _post(api, record)
+    wait_for_analysis(api, "engine-test", ROUNDS)
     findings = api.get("/api/v1/runs/engine-test/findings", params={"limit": 1000}).json()["items"]
     drift = [f for f in findings if f["kind"] in ("label_drift", "data_drift") and f["client_id"] == DRIFTING]
     assert drift, findings
@@ -75,12 +77,15 @@ def test_label_drift_is_found_on_the_right_client_from_the_right_round(api, stor
 def test_findings_are_one_per_problem_not_one_per_round(api, stream) -> None:
     for record in stream:
         _post(api, record)
+    wait_for_analysis(api, "engine-test")
     findings = api.get("/api/v1/runs/engine-test/findings", params={"limit": 1000}).json()["items"]
     keys = [(f["kind"], f["client_id"]) for f in findings if f["status"] == "open"]
     assert len(keys) == len(set(keys))
 
 
 def _findings_signature(url: str, run_id: str) -> list[tuple]:
+    with httpx.Client(base_url=url, timeout=60) as http:
+        wait_for_analysis(http, run_id)
     items = httpx.get(f"{url}/api/v1/runs/{run_id}/findings", params={"limit": 1000}).json()["items"]
     return sorted(
         (f["kind"], f["client_id"], f["first_round"], f["last_round"], f["status"], f["severity"],
@@ -157,6 +162,7 @@ def test_new_findings_reach_the_direct_notifier(tmp_path: Path, stream) -> None:
         with ServerThread(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
             for record in stream:
                 _post(http, record)
+            wait_for_analysis(http, "engine-test", ROUNDS)
         # leaving the server drains the notifier
         alerts = [a for body in received for a in body["alerts"]]
         drifted = [a for a in alerts if a["labels"].get("client") == DRIFTING
@@ -176,12 +182,13 @@ def test_rounds_closed_while_analysis_was_unavailable_are_caught_up(store, strea
     from monitor.engine import Engine
     from monitor.settings import Settings
 
-    app = create_app(Settings(), store=store)
+    app = create_app(Settings(analysis="external"), store=store)  # no worker: nothing analyses
     with TestClient(app) as api:
-        app.state.on_round_closed = lambda run_id, rnd: None  # as if every analysis had failed
         for record in stream:
             _post(api, record)
     with store.read_session() as session:
         assert not session.execute(select(RoundRow).where(RoundRow.analyzed.is_(True))).first()
+        status = api.get("/api/v1/runs/engine-test/analysis").json()
+        assert status["lag_rounds"] == ROUNDS and status["pending_rounds"] == list(range(1, ROUNDS + 1))
     done = Engine(store).catch_up()
     assert done == {"engine-test": list(range(1, ROUNDS + 1))}

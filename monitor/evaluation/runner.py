@@ -97,6 +97,7 @@ def run_case(case: Case) -> dict[str, Any]:
             with MonitorClient(url) as sdk:
                 seen = _Recording(sdk)
                 result = run_scenario(scenario, seen, progress=False)
+                sdk.wait_for_analysis(scenario.run_id)  # the close returns before the analysis
             findings = _fetch_findings(url, scenario.run_id)
     scored = score_run(
         result.ground_truth,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
@@ -45,6 +45,47 @@ def _sqlite_engine(url: str, *, immediate: bool, synchronous: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add columns that newer releases defined to tables an older release created.
+
+    ``create_all`` creates missing tables but never alters existing ones; a
+    store written by an earlier fedsentinel would otherwise fail on the first
+    query naming a new column. Only nullable or defaulted columns are ever
+    added, so this is safe on a live store. Returns ``table.column`` names added.
+    """
+    added: list[str] = []
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        existing_tables = set(inspector.get_table_names())
+        for table in SQLModel.metadata.sorted_tables:
+            if table.name not in existing_tables:
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                ddl = column.type.compile(dialect=conn.dialect)
+                default = _literal_default(column)
+                clause = f" NOT NULL DEFAULT {default}" if default is not None else ""
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}{clause}')
+                added.append(f"{table.name}.{column.name}")
+    if added:
+        log.info("store upgraded: added columns %s", ", ".join(added))
+    return added
+
+
+def _literal_default(column) -> str | None:  # type: ignore[no-untyped-def]
+    """A column's Python-side scalar default as SQL (bool/int/str), else None (the column is nullable)."""
+    default = getattr(column.default, "arg", None)
+    if isinstance(default, bool):
+        return "TRUE" if default else "FALSE"
+    if isinstance(default, int | float):
+        return repr(default)
+    if isinstance(default, str):
+        return "'" + default.replace("'", "''") + "'"
+    return None
 
 
 class Store:
@@ -80,6 +121,7 @@ class Store:
         for attempt in range(attempts):
             try:
                 SQLModel.metadata.create_all(self.write_engine)
+                add_missing_columns(self.write_engine)
                 return
             except DBAPIError as exc:  # a concurrent creator won the race
                 if attempt == attempts - 1:

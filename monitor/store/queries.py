@@ -78,6 +78,9 @@ def _round_out(row: RoundRow) -> RoundOut:
         aggregate_sketch=None if sketch is None else sketch.tolist(),
         num_sampled=row.num_sampled,
         epsilon=row.epsilon,
+        analyzed=row.analyzed,
+        analyzed_at=row.analyzed_at,
+        arrays_compacted=row.arrays_compacted,
         **scalars,
     )
 
@@ -247,7 +250,8 @@ def _noise_out(row: ClientReportRow) -> dict | None:
     return None
 
 
-def report_out(row: ClientReportRow, config: RunCreate) -> ClientRoundOut:
+def report_out(row: ClientReportRow, config: RunCreate, compacted: bool = False) -> ClientRoundOut:
+
     scalars = restore_nonfinite(
         {
             "train_loss": row.train_loss,
@@ -276,6 +280,7 @@ def report_out(row: ClientReportRow, config: RunCreate) -> ClientRoundOut:
         histogram_noise=_noise_out(row),
         update_repeated=row.update_repeated,
         clipped=row.clipped,
+        arrays_compacted=compacted,
         **scalars,
     )
 
@@ -306,9 +311,14 @@ def client_history(
         if not seen:
             raise NotFound(f"run {run_id} has no reports from client {client_id}")
     rows = session.execute(
-        select(ClientReportRow).where(*where).order_by(ClientReportRow.round).offset(offset).limit(limit)
-    ).scalars()
-    return [report_out(r, config) for r in rows], total
+        select(ClientReportRow, RoundRow.arrays_compacted)
+        .join(RoundRow, and_(RoundRow.run_id == ClientReportRow.run_id, RoundRow.round == ClientReportRow.round))
+        .where(*where)
+        .order_by(ClientReportRow.round)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return [report_out(r, config, bool(compacted)) for r, compacted in rows], total
 
 
 def finding_out(row: FindingRow) -> FindingOut:

@@ -48,6 +48,12 @@ class RoundRow(SQLModel, table=True):
     epsilon: float | None = None
     nonfinite: str | None = None
     analyzed: bool = False
+    analyzed_at: datetime | None = None
+    arrays_compacted: bool = Field(
+        default=False,
+        description="The round's client arrays (sketches, histograms) were dropped by pruning "
+        "(monitor/store/prune.py); scalars, scores and findings remain.",
+    )
 
 
 class ClientReportRow(SQLModel, table=True):

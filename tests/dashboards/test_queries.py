@@ -86,6 +86,7 @@ def test_every_panel_query_returns_data(service_factory, prometheus_factory) -> 
     start = time.time()
     with MonitorClient(service.url) as client:
         run_scenario(faulty_scenario(), client, progress=False)
+        client.wait_for_analysis(RUN)
     wait_for(
         lambda: prometheus.query(f'fl_run_round{{run="{RUN}"}} == {ROUNDS}'),
         timeout=30,

@@ -46,6 +46,8 @@ def test_label_drift_alert_reaches_the_webhook_and_a_healthy_run_stays_quiet(
                                            options={"target_class": 1})),
             client, progress=False,
         )  # fmt: skip
+        client.wait_for_analysis("healthy")
+        client.wait_for_analysis("drifting")
 
     alerts_api = f"{service.url}/api/v1/alerts"
 

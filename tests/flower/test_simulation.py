@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip("flwr", reason="flwr is not installed: pip install -e '.[flower]'")
 pytest.importorskip("ray", reason="flwr[simulation] (ray) is not installed")
 
+from collectors.analysis import wait_for_analysis  # noqa: E402
 from collectors.client import FlushResult, MonitorClient  # noqa: E402
 from monitor.server import free_port  # noqa: E402
 from tests.conftest import ServiceProcess  # noqa: E402
@@ -91,6 +92,9 @@ def simulation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     client_app: ClientApp = make_client_app(cfg)
     try:
         simulate(app, client_app, cfg.num_clients, num_cpus=2)
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            for run_id in (RUN_ID, PRIVATE_RUN_ID):
+                wait_for_analysis(http, run_id)
         yield out
     finally:
         service.stop()
