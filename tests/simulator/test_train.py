@@ -27,13 +27,17 @@ def test_schedule_visits_every_row_once_per_epoch() -> None:
     assert sch.steps.tolist() == [4, 2, 6, 2]  # 2 epochs * ceil(n / 4)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     for k, n in enumerate(sizes):
-        used = sch.idx[k][sch.weight[k] > 0].numpy()
+        used = sch.client_idx(k)[sch.client_weight(k) > 0].numpy()
         assert sorted(used.tolist()) == sorted(list(range(offsets[k], offsets[k] + n)) * 2)
-        # steps past the client's count are empty
-        assert sch.weight[k, int(sch.steps[k]) :].sum() == 0
+        # every step of a client uses at least one row: none is padding to a larger client
+        assert sch.client_idx(k).shape[0] == sch.steps[k]
+        assert (sch.client_weight(k).sum(dim=1) > 0).all()
+    # no padding to the largest client: one line per step that some client really takes
+    assert sch.idx.shape == (int(sch.steps.sum()), 4)
+    assert sch.seen().tolist() == (2 * sizes).tolist()
     # epoch 1 of client 2 is a different order than epoch 0
-    first = sch.idx[2, :3][sch.weight[2, :3] > 0]
-    second = sch.idx[2, 3:6][sch.weight[2, 3:6] > 0]
+    first = sch.client_idx(2)[:3][sch.client_weight(2)[:3] > 0]
+    second = sch.client_idx(2)[3:6][sch.client_weight(2)[3:6] > 0]
     assert not torch.equal(first, second)
 
 
@@ -123,3 +127,38 @@ def test_fedavg_one_client_one_step_is_centralized_sgd() -> None:
     rep = out.reports[0]
     assert rep["train_loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert rep["num_examples"] == len(y)
+
+
+def test_evaluate_stacked_buckets_clients_and_equals_one_client_at_a_time(digits_tensors) -> None:
+    """Clients of 1 to 300 rows land in different width buckets; each gets its own model's CE and accuracy."""
+    from simulator.train import evaluate_stacked
+
+    X, Y = digits_tensors
+    rng = np.random.default_rng(4)
+    sizes = [1, 2, 3, 7, 16, 17, 90, 300]
+    rows = [rng.choice(len(Y), n, replace=False) for n in sizes]
+    models = [make_model("mlp", 64, 10, (16,), seed=s) for s in range(len(sizes))]
+    stacked = {n: torch.stack([get_params(m)[n] for m in models]) for n in get_params(models[0])}
+    ce, acc = evaluate_stacked(models[0], stacked, X, Y, rows)
+    for k, (m, r) in enumerate(zip(models, rows, strict=True)):
+        with torch.no_grad():
+            logits = m(X[r])
+        assert ce[k].item() == pytest.approx(F.cross_entropy(logits, Y[r]).item(), rel=1e-5)
+        assert acc[k].item() == pytest.approx((logits.argmax(1) == Y[r]).float().mean().item())
+
+
+def test_a_model_that_is_not_a_linear_relu_stack_goes_through_vmap_and_still_agrees(digits_tensors) -> None:
+    """The hand-written gradient covers Linear/ReLU stacks; anything else takes vmap(grad(L))."""
+    from simulator.train import _linear_plan
+
+    X, Y = digits_tensors
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
+    assert _linear_plan(model) is None and _linear_plan(make_model("mlp", 64, 10, (8,))) is not None
+    sizes = np.array([40, 3, 17])
+    sch = make_schedule(sizes, 2, 16, np.random.default_rng(2).random((2, sizes.sum())))
+    g = get_params(model)
+    a = train_batched(model, g, X, Y, sch, lr=0.2, mu=0.1)
+    b = train_sequential(model, g, X, Y, sch, lr=0.2, mu=0.1)
+    torch.testing.assert_close(flatten_stacked(a.params), flatten_stacked(b.params), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(a.loss_sum, b.loss_sum, atol=1e-4, rtol=1e-5)
