@@ -105,6 +105,20 @@ def build() -> dict[str, Any]:
         "Analysis time by run", "Time the engine took to analyse each run's latest round.",
         [query(f"max by (run) (fl_run_analysis_duration_seconds{{{I}}})", "{{run}}")], unit="s", minimum=0, fill=0,
     ), 12)  # fmt: skip
+    b.add(timeseries_panel(
+        "Analysis lag",
+        "Closed rounds waiting for their analysis: the run furthest behind, and every run together "
+        "(FedsentinelAnalysisLagging fires at 3 rounds for 5 minutes).",
+        [query(f"max(fedsentinel_analysis_lag_rounds{{{I}}})", "furthest behind"),
+         query(f"max(fedsentinel_analysis_pending_rounds{{{I}}})", "all runs")],
+        minimum=0, decimals=0, fill=0, thresholds=steps((3, "red")),
+    ), 12)  # fmt: skip
+    b.add(timeseries_panel(
+        "Oldest unanalysed close",
+        "How long the oldest closed round has waited for its analysis (0 when the analysis is current).",
+        [query(f"max(fedsentinel_analysis_oldest_pending_age_seconds{{{I}}})", "waited")],
+        unit="s", minimum=0, fill=0, thresholds=steps((300, "red")),
+    ), 12)  # fmt: skip
 
     b.row("Scrape")
     b.add(timeseries_panel(
