@@ -41,9 +41,72 @@ from typing import Any
 
 import numpy as np
 
+from monitor.detectors.base import ClientScore, DetectorStateBase, client_field, threshold
+from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
 from monitor.signals import divergence
 
-__all__ = ["MemoryRound", "memory_round", "PATTERNS"]
+__all__ = [
+    "MemoryThresholds",
+    "MemoryState",
+    "MemoryRound",
+    "memory_round",
+    "memory_divergence",
+    "PATTERNS",
+    "MEMORY_CLIENT_SCORES",
+    "memory_step",
+    "memory_scores",
+]
+
+
+@dataclass(frozen=True)
+class MemoryThresholds:
+    """The divergence memory's thresholds (part of the update-anomalies detector's)."""
+
+    divergence_reference_rounds: int = threshold(
+        3, "Usable rounds of a client's own updates its divergence memory is referenced on."
+    )
+    divergence_cusum_allowance: float = threshold(
+        1.5,
+        "CUSUM allowance k of the leave-one-out cosine drop (robust z): rounds above -k drain "
+        "the evidence.",
+    )
+    divergence_cosine_min_drop: float = threshold(
+        0.1,
+        "A round adds cosine-drop evidence only when the leave-one-out cosine fell at least "
+        "this much more than the round's median client's.",
+    )
+    divergence_cusum_threshold: float = threshold(
+        5.0, "Accumulated cosine-drop evidence (robust z units) at which an update diverges."
+    )
+    direction_change_margin: float = threshold(
+        0.3,
+        "Drop of the cosine to the client's own previous update, beyond its reference and "
+        "the round's median drop, that counts as evidence.",
+    )
+    direction_change_threshold: float = threshold(
+        1.0, "Accumulated direction-change evidence (cosine units) at which an update diverges."
+    )
+    update_reversal_cosine: float = threshold(
+        -0.5, "Cosine to the client's own previous update at or below which it turned round..."
+    )
+    update_reversal_min_change: float = threshold(
+        1.0, "... when that is also this far below the client's reference cosine to its previous."
+    )
+
+
+@dataclass
+class MemoryState(DetectorStateBase):
+    """The divergence memory's per-client state (part of the update-anomalies detector's)."""
+
+    loo_ref_sum: np.ndarray = client_field()
+    loo_ref_n: np.ndarray = client_field(dtype=np.int64)
+    prev_ref_sum: np.ndarray = client_field()
+    prev_ref_n: np.ndarray = client_field(dtype=np.int64)
+    cosine_evidence: np.ndarray = client_field()
+    direction_evidence: np.ndarray = client_field()
+    """Divergence memory (:mod:`monitor.detectors.update_memory`): reference sums and counts of
+    the leave-one-out cosine and of the cosine to the previous update; CUSUM evidence."""
+
 
 PATTERNS = ("colluding", "sign_reversal", "direction_change", "cosine_drop")
 """Evidence names, strongest first (a finding names the first that holds)."""
@@ -144,3 +207,86 @@ def memory_round(
             pattern[i] = name
         flag |= by[name]
     return MemoryRound(loo, ev_c, ev_d, identical, reversal, flag, pattern)
+
+
+_MEMORY_SENTENCE = {
+    "colluding": "sends the same update as {identical} other client(s) this round (colluding)",
+    "sign_reversal": "update turned round against its previous one (cosine {cos_prev})",
+    "direction_change": "updates no longer point like its own earlier ones (cosine to previous "
+    "{cos_prev}; evidence {dir_ev} over threshold {dir_th})",
+    "cosine_drop": "update sits far below its usual place among the others' for several rounds "
+    "(leave-one-out cosine {loo}; evidence {cos_ev} over threshold {cos_th})",
+}
+
+
+def memory_divergence(ctx: Any, u: Any, mem: MemoryRound, i: int) -> ActiveSignal:
+    th, cid = ctx.th, ctx.ids[i]
+    pattern = mem.pattern[i] or "cosine_drop"
+    ratio = max(
+        mem.cosine_evidence[i] / th.divergence_cusum_threshold,
+        mem.direction_evidence[i] / th.direction_change_threshold,
+        1.0,
+    )
+    what = _MEMORY_SENTENCE[pattern].format(
+        identical=int(mem.identical[i]),
+        cos_prev=fmt(u.cos_prev[i]) if np.isfinite(u.cos_prev[i]) else "n/a",
+        dir_ev=fmt(mem.direction_evidence[i]),
+        dir_th=fmt(th.direction_change_threshold),
+        loo=fmt(mem.loo_cosine[i]) if np.isfinite(mem.loo_cosine[i]) else "n/a",
+        cos_ev=fmt(mem.cosine_evidence[i], 1),
+        cos_th=fmt(th.divergence_cusum_threshold, 1),
+    )
+    return ActiveSignal(
+        kind="update_divergence",
+        severity=severity_for(ratio, th.critical_factor),
+        client_id=cid,
+        score=float(ratio),
+        threshold=1.0,
+        message=f"client {cid}: {what}",
+        details={
+            "pattern": pattern,
+            "cosine_leave_one_out": json_num(mem.loo_cosine[i]),
+            "cosine_previous": json_num(u.cos_prev[i]),
+            "cosine_evidence": json_num(mem.cosine_evidence[i]),
+            "direction_evidence": json_num(mem.direction_evidence[i]),
+            "identical_to": int(mem.identical[i]),
+        },
+    )
+
+
+MEMORY_CLIENT_SCORES = (
+    ClientScore(
+        "update_cosine_leave_one_out",
+        "Cosine between the client's sketch and the mean of the other clients' sketches.",
+    ),
+    ClientScore(
+        "update_divergence_evidence",
+        "Divergence memory: the client's accumulated evidence over its threshold (1 = at it).",
+        metric="fl_client_update_divergence_evidence_ratio",
+    ),
+)
+
+
+def memory_step(ctx: Any, state: Any, u: Any, judged: np.ndarray) -> MemoryRound:
+    """:func:`memory_round` on the update-anomalies detector's round (``u``: its UpdateRound)."""
+    return memory_round(
+        sketch=u.sketch,
+        norm=u.norm_src,
+        weights=np.asarray(ctx.data.num_examples, dtype=np.float64),
+        cos_prev=u.cos_prev,
+        judged=judged,
+        idx=ctx.idx,
+        state=state,
+        th=ctx.th,
+    )
+
+
+def memory_scores(mem: MemoryRound, th: Any) -> dict[str, np.ndarray]:
+    """The memory's client scores (:data:`MEMORY_CLIENT_SCORES`)."""
+    return {
+        "update_cosine_leave_one_out": mem.loo_cosine,
+        "update_divergence_evidence": np.fmax(
+            mem.cosine_evidence / th.divergence_cusum_threshold,
+            mem.direction_evidence / th.direction_change_threshold,
+        ),
+    }

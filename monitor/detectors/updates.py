@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from monitor.detectors import update_memory as memory
 from monitor.detectors.base import (
     ClientScore,
     Detector,
-    DetectorStateBase,
     FindingKind,
     RoundContext,
     Step,
@@ -27,7 +27,6 @@ from monitor.detectors.base import (
     threshold,
 )
 from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
-from monitor.detectors.update_memory import MemoryRound, memory_round
 from monitor.detectors.update_stats import UpdateRound, update_round
 from monitor.signals import divergence
 
@@ -35,7 +34,7 @@ __all__ = ["UpdateAnomalies", "UpdateThresholds", "UpdateState"]
 
 
 @dataclass(frozen=True)
-class UpdateThresholds:
+class UpdateThresholds(memory.MemoryThresholds):
     update_robust_z: float = threshold(
         3.5, "Robust z (median/MAD) beyond which an update is unusual."
     )
@@ -58,40 +57,10 @@ class UpdateThresholds:
     free_rider_norm_ratio: float = threshold(
         0.01, "Norm at or below this x the round median (or exactly 0) is a free rider."
     )
-    divergence_reference_rounds: int = threshold(
-        3, "Usable rounds of a client's own updates its divergence memory is referenced on."
-    )
-    divergence_cusum_allowance: float = threshold(
-        1.5,
-        "CUSUM allowance k of the leave-one-out cosine drop (robust z): rounds above -k drain "
-        "the evidence.",
-    )
-    divergence_cosine_min_drop: float = threshold(
-        0.1,
-        "A round adds cosine-drop evidence only when the leave-one-out cosine fell at least "
-        "this much more than the round's median client's.",
-    )
-    divergence_cusum_threshold: float = threshold(
-        5.0, "Accumulated cosine-drop evidence (robust z units) at which an update diverges."
-    )
-    direction_change_margin: float = threshold(
-        0.3,
-        "Drop of the cosine to the client's own previous update, beyond its reference and "
-        "the round's median drop, that counts as evidence.",
-    )
-    direction_change_threshold: float = threshold(
-        1.0, "Accumulated direction-change evidence (cosine units) at which an update diverges."
-    )
-    update_reversal_cosine: float = threshold(
-        -0.5, "Cosine to the client's own previous update at or below which it turned round..."
-    )
-    update_reversal_min_change: float = threshold(
-        1.0, "... when that is also this far below the client's reference cosine to its previous."
-    )
 
 
 @dataclass
-class UpdateState(DetectorStateBase):
+class UpdateState(memory.MemoryState):
     prev_sketch: np.ndarray = client_field(fill=np.nan, dtype=np.float32)
     prev_norm: np.ndarray = client_field(fill=np.nan)
     update_anomaly: np.ndarray = client_field(dtype=np.int64)
@@ -99,14 +68,6 @@ class UpdateState(DetectorStateBase):
     free_rider: np.ndarray = client_field(dtype=np.int64)
     nonfinite_update: np.ndarray = client_field(dtype=np.int64)
     """Streaks (consecutive observed rounds) of each signal."""
-    loo_ref_sum: np.ndarray = client_field()
-    loo_ref_n: np.ndarray = client_field(dtype=np.int64)
-    prev_ref_sum: np.ndarray = client_field()
-    prev_ref_n: np.ndarray = client_field(dtype=np.int64)
-    cosine_evidence: np.ndarray = client_field()
-    direction_evidence: np.ndarray = client_field()
-    """Divergence memory (:mod:`monitor.detectors.update_memory`): reference sums and counts of
-    the leave-one-out cosine and of the cosine to the previous update; CUSUM evidence."""
 
     @classmethod
     def fresh(cls, cfg: Any, num_clients: int) -> UpdateState:
@@ -183,15 +144,7 @@ class UpdateAnomalies(Detector):
             "Robust z-score (median/MAD) of the client's update norm within the round.",
             metric="fl_client_update_norm_robust_z",
         ),
-        ClientScore(
-            "update_cosine_leave_one_out",
-            "Cosine between the client's sketch and the mean of the other clients' sketches.",
-        ),
-        ClientScore(
-            "update_divergence_evidence",
-            "Divergence memory: the client's accumulated evidence over its threshold (1 = at it).",
-            metric="fl_client_update_divergence_evidence_ratio",
-        ),
+        *memory.MEMORY_CLIENT_SCORES,
     )
     streaks = (
         Streak("update_anomaly", "update divergence (norm or direction)"),
@@ -246,17 +199,7 @@ class UpdateAnomalies(Detector):
             streak = getattr(state, name)
             streak[idx] = divergence.update_streak(streak[idx], flag, observed)
         persistent = state.update_anomaly[idx] >= th.update_divergence_min_streak
-        judged = ok & u.has_sk & ~free & ~stale & ~u.nonfinite
-        mem = memory_round(
-            sketch=u.sketch,
-            norm=u.norm_src,
-            weights=np.asarray(ctx.data.num_examples, dtype=np.float64),
-            cos_prev=u.cos_prev,
-            judged=judged,
-            idx=idx,
-            state=state,
-            th=th,
-        )
+        mem = memory.memory_step(ctx, state, u, ok & u.has_sk & ~free & ~stale & ~u.nonfinite)
         divergent = (persistent & unusual) | mem.flag
         # np.minimum, not fmin: a missing score (too few clients, a failed client) must stay
         # missing (0 in the anomaly score), not become exactly the alarm line.
@@ -267,7 +210,7 @@ class UpdateAnomalies(Detector):
         active = [
             _divergence(ctx, state, u, score, i)
             if persistent[i] and unusual[i]
-            else _memory_divergence(ctx, u, mem, i)
+            else memory.memory_divergence(ctx, u, mem, i)
             for i in np.flatnonzero(divergent)
         ]
         active += [_stale(ctx, state, u, i) for i in np.flatnonzero(stale)]
@@ -279,11 +222,7 @@ class UpdateAnomalies(Detector):
             "update_cosine_previous": u.cos_prev,
             "update_norm_ratio": u.norm_ratio,
             "update_norm_robust_z": u.z_norm,
-            "update_cosine_leave_one_out": mem.loo_cosine,
-            "update_divergence_evidence": np.fmax(
-                mem.cosine_evidence / th.divergence_cusum_threshold,
-                mem.direction_evidence / th.direction_change_threshold,
-            ),
+            **memory.memory_scores(mem, th),
         }
         for s in self.streaks:
             client_scores[s.score] = getattr(state, s.name)[idx].astype(np.float64)
@@ -324,51 +263,6 @@ def _divergence(
             "norm_ratio": json_num(u.norm_ratio[i]),
             "norm_robust_z": json_num(u.z_norm[i]),
             "streak_rounds": k,
-        },
-    )
-
-
-_MEMORY_SENTENCE = {
-    "colluding": "sends the same update as {identical} other client(s) this round (colluding)",
-    "sign_reversal": "update turned round against its previous one (cosine {cos_prev})",
-    "direction_change": "updates no longer point like its own earlier ones (cosine to previous "
-    "{cos_prev}; evidence {dir_ev} over threshold {dir_th})",
-    "cosine_drop": "update sits far below its usual place among the others' for several rounds "
-    "(leave-one-out cosine {loo}; evidence {cos_ev} over threshold {cos_th})",
-}
-
-
-def _memory_divergence(ctx: RoundContext, u: UpdateRound, mem: MemoryRound, i: int) -> ActiveSignal:
-    th, cid = ctx.th, ctx.ids[i]
-    pattern = mem.pattern[i] or "cosine_drop"
-    ratio = max(
-        mem.cosine_evidence[i] / th.divergence_cusum_threshold,
-        mem.direction_evidence[i] / th.direction_change_threshold,
-        1.0,
-    )
-    what = _MEMORY_SENTENCE[pattern].format(
-        identical=int(mem.identical[i]),
-        cos_prev=fmt(u.cos_prev[i]) if np.isfinite(u.cos_prev[i]) else "n/a",
-        dir_ev=fmt(mem.direction_evidence[i]),
-        dir_th=fmt(th.direction_change_threshold),
-        loo=fmt(mem.loo_cosine[i]) if np.isfinite(mem.loo_cosine[i]) else "n/a",
-        cos_ev=fmt(mem.cosine_evidence[i], 1),
-        cos_th=fmt(th.divergence_cusum_threshold, 1),
-    )
-    return ActiveSignal(
-        kind="update_divergence",
-        severity=severity_for(ratio, th.critical_factor),
-        client_id=cid,
-        score=float(ratio),
-        threshold=1.0,
-        message=f"client {cid}: {what}",
-        details={
-            "pattern": pattern,
-            "cosine_leave_one_out": json_num(mem.loo_cosine[i]),
-            "cosine_previous": json_num(u.cos_prev[i]),
-            "cosine_evidence": json_num(mem.cosine_evidence[i]),
-            "direction_evidence": json_num(mem.direction_evidence[i]),
-            "identical_to": int(mem.identical[i]),
         },
     )
 
