@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from monitor.detectors import update_memory as memory
+from monitor.detectors import update_sentences as sentences
 from monitor.detectors.base import (
     ClientScore,
     Detector,
@@ -26,8 +27,7 @@ from monitor.detectors.base import (
     client_field,
     threshold,
 )
-from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
-from monitor.detectors.update_stats import UpdateRound, update_round
+from monitor.detectors.update_stats import update_round
 from monitor.signals import divergence
 
 __all__ = ["UpdateAnomalies", "UpdateThresholds", "UpdateState"]
@@ -208,14 +208,14 @@ class UpdateAnomalies(Detector):
         ctx.add_anomaly(np.where(stale | free, 1.0, 0.0))
         ctx.mark_infinite_anomaly(u.nonfinite)
         active = [
-            _divergence(ctx, state, u, score, i)
+            sentences.divergence_signal(ctx, state, u, score, i)
             if persistent[i] and unusual[i]
             else memory.memory_divergence(ctx, u, mem, i)
             for i in np.flatnonzero(divergent)
         ]
-        active += [_stale(ctx, state, u, i) for i in np.flatnonzero(stale)]
-        active += [_free(ctx, state, u, i) for i in np.flatnonzero(free)]
-        active += [_nonfinite(ctx, u, i) for i in np.flatnonzero(u.nonfinite)]
+        active += [sentences.stale(ctx, state, u, i) for i in np.flatnonzero(stale)]
+        active += [sentences.free(ctx, state, u, i) for i in np.flatnonzero(free)]
+        active += [sentences.nonfinite(ctx, u, i) for i in np.flatnonzero(u.nonfinite)]
         client_scores = {
             "update_cosine": u.cos,
             "update_cosine_robust_z": u.z_cos,
@@ -237,90 +237,3 @@ class UpdateAnomalies(Detector):
             active=active,
             values={"nonfinite": u.nonfinite, "divergent": divergent},
         )
-
-
-def _divergence(
-    ctx: RoundContext, state: UpdateState, u: UpdateRound, score: np.ndarray, i: int
-) -> ActiveSignal:
-    th, cid = ctx.th, ctx.ids[i]
-    k = int(state.update_anomaly[ctx.idx[i]])
-    client_side = bool(u.has_cos[i]) and not bool(u.has_sk[i])
-    target = "previous global update (client-side)" if client_side else "aggregate"
-    return ActiveSignal(
-        kind="update_divergence",
-        severity=severity_for(float(score[i]) / th.update_robust_z, th.critical_factor),
-        client_id=cid,
-        score=float(score[i]),
-        threshold=th.update_robust_z,
-        message=(
-            f"client {cid}: update diverges for {k} rounds; cosine to {target} "
-            f"{fmt(u.cos[i])} (robust z {fmt(u.z_cos[i], 1)}), norm {fmt(u.norm_ratio[i])}x median "
-            f"(robust z {fmt(u.z_norm[i], 1)}); threshold |z| {fmt(th.update_robust_z, 1)}"
-        ),
-        details={
-            "cosine": json_num(u.cos[i]),
-            "cosine_robust_z": json_num(u.z_cos[i]),
-            "norm_ratio": json_num(u.norm_ratio[i]),
-            "norm_robust_z": json_num(u.z_norm[i]),
-            "streak_rounds": k,
-        },
-    )
-
-
-def _stale(ctx: RoundContext, state: UpdateState, u: UpdateRound, i: int) -> ActiveSignal:
-    cid, c = ctx.ids[i], u.cos_prev[i]
-    how = f"cosine {fmt(c, 5) if np.isfinite(c) else 'n/a'}"
-    if u.repeated[i] and not np.isfinite(c):
-        how = "flagged as a repeat by the client"
-    return ActiveSignal(
-        kind="stale_update",
-        severity="warning",
-        client_id=cid,
-        score=float(np.nan_to_num(c, nan=1.0)),
-        threshold=ctx.th.stale_cosine_min,
-        message=(
-            f"client {cid}: update repeats its previous one for "
-            f"{int(state.stale_update[ctx.idx[i]])} rounds ({how}, same norm {fmt(u.norm_src[i], 4)})"
-        ),
-        details={"cosine_previous": json_num(c), "norm": json_num(u.norm_src[i])}
-        | ({"client_flagged_repeat": True} if bool(u.repeated[i]) else {}),
-    )
-
-
-def _free(ctx: RoundContext, state: UpdateState, u: UpdateRound, i: int) -> ActiveSignal:
-    cid, ratio = ctx.ids[i], np.nan_to_num(u.norm_ratio[i], nan=0.0)
-    return ActiveSignal(
-        kind="free_rider",
-        severity="warning",
-        client_id=cid,
-        score=float(ratio),
-        threshold=ctx.th.free_rider_norm_ratio,
-        message=(
-            f"client {cid}: near-zero update (norm {u.norm_src[i]:.3g}, "
-            f"{fmt(ratio, 4)}x the round median) for "
-            f"{int(state.free_rider[ctx.idx[i]])} rounds"
-        ),
-        details={"norm": json_num(u.norm_src[i]), "norm_ratio": json_num(u.norm_ratio[i])},
-    )
-
-
-def _nonfinite(ctx: RoundContext, u: UpdateRound, i: int) -> ActiveSignal:
-    cid, data = ctx.ids[i], ctx.data
-    parts = (
-        ("update", bool(data.nonfinite_update[i] or np.isinf(u.norm[i]))),
-        ("sketch", bool(u.sketch.shape[1] and divergence.nonfinite_rows(u.sketch[i : i + 1])[0])),
-        ("loss", bool(data.nonfinite_loss[i])),
-    )
-    what = [w for w, b in parts if b]
-    return ActiveSignal(
-        kind="nonfinite_update",
-        severity="critical",
-        client_id=cid,
-        score=1.0,
-        threshold=0.5,
-        message=(
-            f"client {cid}: sent NaN/inf (or values beyond 1e150, too large to compute with) "
-            f"in its {' and '.join(what) or 'update'}"
-        ),
-        details={"fields": what},
-    )
