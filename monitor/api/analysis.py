@@ -9,10 +9,16 @@ from fastapi import APIRouter, Depends
 from sqlmodel import Session
 
 from monitor.api.deps import ReadAccess, RunId, read_session
+from monitor.api.errors import error_responses
 from monitor.schemas import AnalysisStatus
 from monitor.store.analysis import analysis_status
 
-router = APIRouter(prefix="/runs/{run_id}", tags=["queries"], dependencies=[ReadAccess])
+router = APIRouter(
+    prefix="/runs/{run_id}",
+    tags=["queries"],
+    dependencies=[ReadAccess],
+    responses=error_responses(404),
+)
 
 
 @router.get("/analysis", response_model=AnalysisStatus)
