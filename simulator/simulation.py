@@ -320,8 +320,28 @@ class Simulation:
                 gc.enable()
 
     def _run_round(self, r: int) -> RoundOutput:
-        s, fed, seed = self.scenario, self.fed, self.scenario.seed
         sampled = self.sample(r)
+        trainers, stale, silent = self._who_answers(sampled, r)
+        reports: dict[int, dict[str, Any]] = {}
+        deltas, nonfinite, train_seconds = self._train(trainers, r, reports)
+        stale_deltas, stale_bad = self._resend_stale(stale, reports)
+        if stale:
+            deltas = torch.cat([deltas, torch.stack(stale_deltas)])
+            nonfinite = torch.cat([nonfinite, torch.tensor(stale_bad, dtype=torch.bool)])
+        sizes = [reports[k]["num_examples"] for k in trainers + stale]
+        aggregate = self._aggregate(deltas, nonfinite, sizes, r)
+        close = self._close(aggregate, len(sampled))
+        if (
+            self.scenario.missing_reports == "timeout"
+        ):  # the server saw no reply from a client it sampled
+            for k in silent:
+                reports[k] = {"client_id": self.scenario.client_id(k), "status": "timeout"}
+        ordered = [reports[k] for k in sorted(reports)]
+        return RoundOutput(r, ordered, close, sampled, train_seconds)
+
+    def _who_answers(self, sampled: list[int], r: int) -> tuple[list[int], list[int], list[int]]:
+        """Split the sampled clients into those that train, resend stale, or stay silent."""
+        seed = self.scenario.seed
         trainers: list[int] = []
         stale: list[int] = []
         silent: list[int] = []
@@ -329,13 +349,15 @@ class Simulation:
             active = self.plan.active(k, r)
             if F.drops_out(active, round=r, client=k, seed=seed):
                 silent.append(k)
-                continue
-            if k in self.last_message and F.resends_stale(active, round=r, client=k, seed=seed):
+            elif k in self.last_message and F.resends_stale(active, round=r, client=k, seed=seed):
                 stale.append(k)
             else:
                 trainers.append(k)
+        return trainers, stale, silent
 
-        # the data each trainer holds this round (data faults applied)
+    def _round_data(self, trainers: list[int], r: int) -> tuple[list, list, list, list]:
+        """The data each trainer holds this round (data faults applied)."""
+        fed = self.fed
         xs_tr, ys_tr, xs_te, ys_te = [], [], [], []
         for k in trainers:
             data = (fed.x_train[k], fed.y_train[k], fed.x_test[k], fed.y_test[k])
@@ -346,168 +368,207 @@ class Simulation:
             ys_tr.append(data[1])
             xs_te.append(data[2])
             ys_te.append(data[3])
+        return xs_tr, ys_tr, xs_te, ys_te
+
+    def _train(
+        self, trainers: list[int], r: int, reports: dict[int, dict[str, Any]]
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Train the trainers as one batch, apply update faults, fill their reports.
+
+        Returns the (faulted) deltas, which of them are non-finite, and the training seconds.
+        """
+        s, fed, seed = self.scenario, self.fed, self.scenario.seed
         K = len(trainers)
-        reports: dict[int, dict[str, Any]] = {}
-        deltas = torch.zeros((0, self.P))
-        nonfinite = torch.zeros(0, dtype=torch.bool)
-        train_seconds = 0.0
-        if K:
-            sizes = np.array([len(y) for y in ys_tr])
-            keys_all = np.random.default_rng([seed, _KEYS, r]).random(
-                (s.local_epochs, self.total_train_rows)
-            )
-            cols = np.concatenate(
-                [fed.train_offsets[k] + np.arange(n) for k, n in zip(trainers, sizes, strict=True)]
-            )
-            schedule = make_schedule(sizes, s.local_epochs, s.batch_size, keys_all[:, cols])
-            X = torch.from_numpy(np.concatenate(xs_tr))
-            Y = torch.from_numpy(np.concatenate(ys_tr))
-            t0 = time.perf_counter()
-            local = train(
-                s.engine, self.model, self.global_params, X, Y, schedule, lr=s.lr, mu=s.effective_mu
-            )
-            deltas = local.flat - flatten(self.global_params)
-            train_seconds = time.perf_counter() - t0
-            train_loss = local.train_loss()
-            train_acc = local.train_accuracy()
+        if not K:
+            return torch.zeros((0, self.P)), torch.zeros(0, dtype=torch.bool), 0.0
+        xs_tr, ys_tr, xs_te, ys_te = self._round_data(trainers, r)
+        sizes = np.array([len(y) for y in ys_tr])
+        keys_all = np.random.default_rng([seed, _KEYS, r]).random(
+            (s.local_epochs, self.total_train_rows)
+        )
+        cols = np.concatenate(
+            [fed.train_offsets[k] + np.arange(n) for k, n in zip(trainers, sizes, strict=True)]
+        )
+        schedule = make_schedule(sizes, s.local_epochs, s.batch_size, keys_all[:, cols])
+        X = torch.from_numpy(np.concatenate(xs_tr))
+        Y = torch.from_numpy(np.concatenate(ys_tr))
+        t0 = time.perf_counter()
+        local = train(
+            s.engine, self.model, self.global_params, X, Y, schedule, lr=s.lr, mu=s.effective_mu
+        )
+        deltas = local.flat - flatten(self.global_params)
+        train_seconds = time.perf_counter() - t0
+        deltas, nonfinite = self._apply_update_faults(deltas, trainers, r)
 
-            nonfinite = torch.zeros(K, dtype=torch.bool)
-            for i, k in enumerate(trainers):
-                active = self.plan.active(k, r, F.UPDATE_FAULTS)
-                if active:
-                    deltas[i], nonfinite[i] = F.apply_update_faults(
-                        deltas[i], active, round=r, client=k, seed=seed
-                    )
-            groups = F.colluding_groups(self.plan, trainers, r)
-            if groups:
-                deltas = F.apply_colluding_faults(deltas, nonfinite, groups)
-            norms = deltas.norm(dim=1)
-            sketches = sketch(deltas, self.R)
-            clipped = None
-            if s.dp:
-                clipped = norms > s.dp.clip_norm
+        # the global model (as received) on each client's held-out data
+        test_sizes = [len(y) for y in ys_te]
+        group = torch.from_numpy(np.repeat(np.arange(K), test_sizes))
+        ev_loss, ev_hits, ev_count = evaluate_groups(
+            self.model,
+            self.global_params,
+            torch.from_numpy(np.concatenate(xs_te)),
+            torch.from_numpy(np.concatenate(ys_te)),
+            group,
+            K,
+        )
+        client_of = np.repeat(np.arange(K), sizes)
+        lab = label_histograms(np.concatenate(ys_tr), client_of, K, fed.dataset.num_classes)
+        feat = feature_histograms(X.numpy(), client_of, K, fed.edges)
+        lab, feat, released = self._noised_histograms(lab, feat, trainers, r)
+        self._fill_reports(
+            reports,
+            trainers,
+            r,
+            sizes=sizes,
+            deltas=deltas,
+            nonfinite=nonfinite,
+            train_loss=local.train_loss(),
+            train_acc=local.train_accuracy(),
+            evaluation=(ev_loss, ev_hits, ev_count),
+            histograms=(lab, feat, released),
+            seen=local.seen.numpy(),
+        )
+        return deltas, nonfinite, train_seconds
 
-            # the global model (as received) on each client's held-out data
-            test_sizes = [len(y) for y in ys_te]
-            group = torch.from_numpy(np.repeat(np.arange(K), test_sizes))
-            ev_loss, ev_hits, ev_count = evaluate_groups(
-                self.model,
-                self.global_params,
-                torch.from_numpy(np.concatenate(xs_te)),
-                torch.from_numpy(np.concatenate(ys_te)),
-                group,
-                K,
-            )
-
-            client_of = np.repeat(np.arange(K), sizes)
-            y_cat = np.concatenate(ys_tr)
-            lab = label_histograms(y_cat, client_of, K, fed.dataset.num_classes)
-            feat = feature_histograms(X.numpy(), client_of, K, fed.edges)
-            released = np.ones(K, dtype=bool)
-            if self.telemetry is not None:
-                released = self.telemetry.release(trainers, r)
-                rng = np.random.default_rng([seed, _HNOISE, r])
-                lab, feat = self.telemetry.noise(lab, feat, trainers, rng, fed.num_clients)
-            elif s.histogram_noise:
-                hn = s.histogram_noise
-                rng = np.random.default_rng([seed, _HNOISE, r])
-                # noise drawn for every client so a client's noise is independent of who trains
-                lab_noise = add_histogram_noise(
-                    np.zeros((fed.num_clients, *lab.shape[1:])), hn.mechanism, hn.scale, rng
+    def _apply_update_faults(
+        self, deltas: torch.Tensor, trainers: list[int], r: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        nonfinite = torch.zeros(len(trainers), dtype=torch.bool)
+        for i, k in enumerate(trainers):
+            active = self.plan.active(k, r, F.UPDATE_FAULTS)
+            if active:
+                deltas[i], nonfinite[i] = F.apply_update_faults(
+                    deltas[i], active, round=r, client=k, seed=self.scenario.seed
                 )
-                feat_noise = add_histogram_noise(
-                    np.zeros((fed.num_clients, *feat.shape[1:])), hn.mechanism, hn.scale, rng
-                )
-                lab = lab + lab_noise[trainers]
-                feat = feat + feat_noise[trainers]
-            nbins = [len(e) - 1 for e in fed.edges]
-            wt = s.wall_time
-            jitter = np.random.default_rng([seed, _JITTER, r]).lognormal(
-                0.0, wt.jitter_sigma, fed.num_clients
-            )
-            seen = local.seen.numpy()
+        groups = F.colluding_groups(self.plan, trainers, r)
+        if groups:
+            deltas = F.apply_colluding_faults(deltas, nonfinite, groups)
+        return deltas, nonfinite
 
-            # one bulk conversion to Python floats (per-element float() is slow at 1000s of clients)
-            norms_l, sketches_l = norms.tolist(), sketches.tolist()
-            tl_l, ta_l = train_loss.tolist(), train_acc.tolist()
-            el_l, eh_l, ec_l = ev_loss.tolist(), ev_hits.tolist(), ev_count.tolist()
-            noised = bool(s.histogram_noise or s.telemetry_budget)
-            if not noised:  # counts: small Python ints are cached, floats are not
-                lab, feat = lab.astype(np.int64), feat.astype(np.int64)
-            global_now = flatten(self.global_params)
-            scalars = (
-                self._client_scalars(trainers, deltas, global_now) if s.secure_aggregation else None
+    def _noised_histograms(
+        self, lab: np.ndarray, feat: np.ndarray, trainers: list[int], r: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Histograms as the clients send them, and which clients release them this round."""
+        s, fed = self.scenario, self.fed
+        released = np.ones(len(trainers), dtype=bool)
+        if self.telemetry is not None:
+            released = self.telemetry.release(trainers, r)
+            rng = np.random.default_rng([s.seed, _HNOISE, r])
+            lab, feat = self.telemetry.noise(lab, feat, trainers, rng, fed.num_clients)
+        elif s.histogram_noise:
+            hn = s.histogram_noise
+            rng = np.random.default_rng([s.seed, _HNOISE, r])
+            # noise drawn for every client so a client's noise is independent of who trains
+            lab_noise = add_histogram_noise(
+                np.zeros((fed.num_clients, *lab.shape[1:])), hn.mechanism, hn.scale, rng
             )
-            lab_l, feat_l = lab.tolist(), feat.tolist()
-            for i, k in enumerate(trainers):
-                factor = F.wall_time_factor(self.plan.active(k, r, ("straggler",)))
-                wall = (
-                    wt.overhead_seconds
-                    + wt.seconds_per_example * seen[i] * self.speed[k] * jitter[k]
-                ) * factor
-                rep: dict[str, Any] = {
-                    "client_id": s.client_id(k),
-                    "status": "ok",
-                    "num_examples": int(sizes[i]),
-                    "train_loss": float("nan") if nonfinite[i] else tl_l[i],
-                    "train_accuracy": ta_l[i],
-                    "eval_loss": el_l[i] / ec_l[i] if ec_l[i] else None,
-                    "eval_accuracy": eh_l[i] / ec_l[i] if ec_l[i] else None,
-                    "wall_time_seconds": float(wall),
-                    "update_norm": norms_l[i],
-                    "update_sketch": sketches_l[i],
-                    "label_histogram": lab_l[i],
-                    "feature_histograms": [
-                        row[:nb] for row, nb in zip(feat_l[i], nbins, strict=True)
-                    ],
+            feat_noise = add_histogram_noise(
+                np.zeros((fed.num_clients, *feat.shape[1:])), hn.mechanism, hn.scale, rng
+            )
+            lab = lab + lab_noise[trainers]
+            feat = feat + feat_noise[trainers]
+        if not (s.histogram_noise or s.telemetry_budget):
+            # counts: small Python ints are cached, floats are not
+            lab, feat = lab.astype(np.int64), feat.astype(np.int64)
+        return lab, feat, released
+
+    def _fill_reports(
+        self,
+        reports: dict[int, dict[str, Any]],
+        trainers: list[int],
+        r: int,
+        *,
+        sizes: np.ndarray,
+        deltas: torch.Tensor,
+        nonfinite: torch.Tensor,
+        train_loss: torch.Tensor,
+        train_acc: torch.Tensor,
+        evaluation: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        histograms: tuple[np.ndarray, np.ndarray, np.ndarray],
+        seen: np.ndarray,
+    ) -> None:
+        """One report per trainer, remembered as its last message (for stale resends)."""
+        s, fed = self.scenario, self.fed
+        norms = deltas.norm(dim=1)
+        clipped = norms > s.dp.clip_norm if s.dp else None
+        lab, feat, released = histograms
+        nbins = [len(e) - 1 for e in fed.edges]
+        wt = s.wall_time
+        jitter = np.random.default_rng([s.seed, _JITTER, r]).lognormal(
+            0.0, wt.jitter_sigma, fed.num_clients
+        )
+        # one bulk conversion to Python floats (per-element float() is slow at 1000s of clients)
+        norms_l, sketches_l = norms.tolist(), sketch(deltas, self.R).tolist()
+        tl_l, ta_l = train_loss.tolist(), train_acc.tolist()
+        el_l, eh_l, ec_l = (t.tolist() for t in evaluation)
+        scalars = (
+            self._client_scalars(trainers, deltas, flatten(self.global_params))
+            if s.secure_aggregation
+            else None
+        )
+        lab_l, feat_l = lab.tolist(), feat.tolist()
+        for i, k in enumerate(trainers):
+            factor = F.wall_time_factor(self.plan.active(k, r, ("straggler",)))
+            wall = (
+                wt.overhead_seconds + wt.seconds_per_example * seen[i] * self.speed[k] * jitter[k]
+            ) * factor
+            rep: dict[str, Any] = {
+                "client_id": s.client_id(k),
+                "status": "ok",
+                "num_examples": int(sizes[i]),
+                "train_loss": float("nan") if nonfinite[i] else tl_l[i],
+                "train_accuracy": ta_l[i],
+                "eval_loss": el_l[i] / ec_l[i] if ec_l[i] else None,
+                "eval_accuracy": eh_l[i] / ec_l[i] if ec_l[i] else None,
+                "wall_time_seconds": float(wall),
+                "update_norm": norms_l[i],
+                "update_sketch": sketches_l[i],
+                "label_histogram": lab_l[i],
+                "feature_histograms": [row[:nb] for row, nb in zip(feat_l[i], nbins, strict=True)],
+            }
+            if s.histogram_noise:
+                rep["histogram_noise"] = {
+                    "mechanism": s.histogram_noise.mechanism,
+                    "scale": s.histogram_noise.scale,
                 }
-                if s.histogram_noise:
-                    rep["histogram_noise"] = {
-                        "mechanism": s.histogram_noise.mechanism,
-                        "scale": s.histogram_noise.scale,
-                    }
-                if self.telemetry is not None and released[i]:
-                    rep["histogram_noise"] = self.telemetry.declaration(k)
-                if s.histograms != "all" or not released[i]:
-                    rep.pop("feature_histograms")
-                if s.histograms == "none" or not released[i]:
-                    rep.pop("label_histogram")
-                if scalars is not None:
-                    del rep["update_sketch"]
-                    rep.update(scalars[i])
-                if clipped is not None:
-                    rep["clipped"] = bool(clipped[i])
-                if self.local_accuracy is not None and np.isfinite(self.local_accuracy[k]):
-                    rep["local_accuracy"] = float(self.local_accuracy[k])
-                reports[k] = rep
-                self.last_message[k] = (rep, deltas[i].clone(), bool(nonfinite[i]))
+            if self.telemetry is not None and released[i]:
+                rep["histogram_noise"] = self.telemetry.declaration(k)
+            if s.histograms != "all" or not released[i]:
+                rep.pop("feature_histograms")
+            if s.histograms == "none" or not released[i]:
+                rep.pop("label_histogram")
+            if scalars is not None:
+                del rep["update_sketch"]
+                rep.update(scalars[i])
+            if clipped is not None:
+                rep["clipped"] = bool(clipped[i])
+            if self.local_accuracy is not None and np.isfinite(self.local_accuracy[k]):
+                rep["local_accuracy"] = float(self.local_accuracy[k])
+            reports[k] = rep
+            self.last_message[k] = (rep, deltas[i].clone(), bool(nonfinite[i]))
 
-        # stale clients re-send their last message, update included
-        stale_deltas, stale_nonfinite, stale_sizes = [], [], []
+    def _resend_stale(
+        self, stale: list[int], reports: dict[int, dict[str, Any]]
+    ) -> tuple[list[torch.Tensor], list[bool]]:
+        """Stale clients re-send their last message, update included."""
+        deltas, bad = [], []
         for k in stale:
-            rep, delta, bad = self.last_message[k]
+            rep, delta, nonfinite = self.last_message[k]
             reports[k] = dict(rep)
-            if s.secure_aggregation:  # the client-side scalars are computed on what it sends
+            if self.scenario.secure_aggregation:  # the scalars are computed on what it sends
                 reports[k].update(self._stale_scalars(k, delta))
-            stale_deltas.append(delta)
-            stale_nonfinite.append(bad)
-            stale_sizes.append(rep["num_examples"])
+            deltas.append(delta)
+            bad.append(nonfinite)
+        return deltas, bad
 
-        # aggregate the finite updates that arrived
-        all_deltas = torch.cat([deltas, torch.stack(stale_deltas)]) if stale else deltas
-        all_bad = (
-            torch.cat([nonfinite, torch.tensor(stale_nonfinite, dtype=torch.bool)])
-            if stale
-            else nonfinite
-        )
-        all_sizes = [reports[k]["num_examples"] for k in trainers] + stale_sizes
-        finite = ~all_bad & torch.isfinite(all_deltas).all(dim=1)
-        keep = all_deltas[finite]
-        weights = (
-            torch.tensor(all_sizes, dtype=torch.float32)[finite]
-            if len(all_sizes)
-            else torch.zeros(0)
-        )
+    def _aggregate(
+        self, deltas: torch.Tensor, nonfinite: torch.Tensor, sizes: list[int], r: int
+    ) -> torch.Tensor | None:
+        """Aggregate the finite updates that arrived (DP-FedAvg or weighted FedAvg) and step."""
+        s = self.scenario
+        finite = ~nonfinite & torch.isfinite(deltas).all(dim=1)
+        keep = deltas[finite]
+        weights = torch.tensor(sizes, dtype=torch.float32)[finite] if sizes else torch.zeros(0)
         aggregate: torch.Tensor | None = None
         if s.dp:
             clipped_deltas, _ = clip_updates(keep, s.dp.clip_norm)
@@ -515,9 +576,9 @@ class Simulation:
                 clipped_deltas,
                 noise_multiplier=s.dp.noise_multiplier,
                 clip_norm=s.dp.clip_norm,
-                expected_clients=s.sample_fraction * fed.num_clients,
+                expected_clients=s.sample_fraction * self.fed.num_clients,
                 generator=torch.Generator().manual_seed(
-                    int(np.random.default_rng([seed, _DPNOISE, r]).integers(2**62))
+                    int(np.random.default_rng([s.seed, _DPNOISE, r]).integers(2**62))
                 ),
             )
         elif len(keep):
@@ -527,7 +588,9 @@ class Simulation:
             self.global_params = {
                 n: p.clone() for n, p in unflatten(new_flat, self.global_params).items()
             }
+        return aggregate
 
+    def _close(self, aggregate: torch.Tensor | None, num_sampled: int) -> dict[str, Any]:
         g_loss, g_acc = self.global_eval()
         close: dict[str, Any] = {
             "global_eval_loss": g_loss,
@@ -536,15 +599,11 @@ class Simulation:
             "aggregate_sketch": sketch(aggregate[None, :], self.R)[0].tolist()
             if aggregate is not None
             else None,
-            "num_sampled": len(sampled),
+            "num_sampled": num_sampled,
         }
         if self.ledger is not None:
             close["epsilon"] = self.ledger.step()
-        if s.missing_reports == "timeout":  # the server saw no reply from a client it sampled
-            for k in silent:
-                reports[k] = {"client_id": s.client_id(k), "status": "timeout"}
-        ordered = [reports[k] for k in sorted(reports)]
-        return RoundOutput(r, ordered, close, sampled, train_seconds)
+        return close
 
     # -- secure aggregation ------------------------------------------------------
 
