@@ -597,10 +597,49 @@ def test_privacy_steps_follow_round_numbers_not_analysed_rounds() -> None:
     from monitor.schemas import RunCreate
     from monitor.signals.privacy import dp_fedavg_epsilon
 
-    run = RunCreate(run_id="dp", task={"num_classes": 3}, expected_clients=2,
-                    dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "sample_rate": 0.1})
+    run = RunCreate(
+        run_id="dp",
+        task={"num_classes": 3},
+        expected_clients=2,
+        dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "sample_rate": 0.1},
+    )
     state = DetectorState()
     for rnd in (1, 2, 5, 6):
         out = analyze_round(run, Thresholds(), state, RoundInput.empty(rnd, ["a", "b"], run))
         state = out.state
-    assert out.round_scores["epsilon_accountant"] == pytest.approx(dp_fedavg_epsilon(1.0, 0.1, 6, 1e-5))
+    assert out.round_scores["epsilon_accountant"] == pytest.approx(
+        dp_fedavg_epsilon(1.0, 0.1, 6, 1e-5)
+    )
+
+
+def test_drift_is_judged_on_a_partial_reference_that_drifted_rounds_do_not_join():
+    # partial participation: client 0 reports in round 1 only, then is not sampled until its
+    # labels and features have moved (round 6 on); client 1 reports round 1 and is healthy after
+    n = 20
+    faults = [
+        Fault("missing", [0, 1], 2, 6),
+        Fault("label_shift", [0], 6, magnitude=0.6),
+        Fault("feature_shift", [0], 6, magnitude=2.0),
+    ]
+    fed = SyntheticFederation(n, seed=5, faults=faults)
+    out, seen = stream(fed, 12)
+    c0, c1 = fed.client_ids[0], fed.client_ids[1]
+    assert seen[("data_drift", c0)][0] == 6
+    drift_kinds = {"label_drift", "feature_drift", "data_drift"}
+    assert not any(c == c1 for (k, c) in seen if k in drift_kinds)
+    st = out[-1].state.detectors
+    pos = {c: i for i, c in enumerate(out[-1].state.client_ids.tolist())}
+    # the drifted rounds never joined client 0's reference; client 1's grew to 3 rounds
+    assert st["label_drift"].ref_label_rounds[pos[c0]] == 1
+    assert st["label_drift"].ref_label_rounds[pos[c1]] == Thresholds().reference_rounds
+    assert set(st["feature_drift"].ref_feature_rounds[pos[c0]]) == {1}
+
+
+@pytest.mark.parametrize("alpha", [0.1, 100.0])
+def test_healthy_clients_judged_on_partial_references_stay_quiet(alpha):
+    # every client is missing for rounds 2-4 and so judged on a 1-round reference from round 5
+    n = 40
+    fed = SyntheticFederation(n, alpha=alpha, seed=8, faults=[Fault("missing", range(n), 2, 5)])
+    _, seen = stream(fed, 15)
+    assert not [k for k in seen if k[0] in {"label_drift", "feature_drift", "data_drift"}]
+    assert any(k[0] == "dropout" for k in seen)  # the stream really had the gap

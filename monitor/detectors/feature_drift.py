@@ -4,7 +4,9 @@ Per feature the three statistics are each divided by their threshold plus
 their noise floor (the ``1 - drift_null_alpha`` quantile under sampling and
 declared local-DP noise); a client drifts when the largest of these ratios over
 its features exceeds 1. The feature that moved most is named
-(docs/signals.md, "Feature drift").
+(docs/signals.md, "Feature drift"). References are built as label drift's
+(:mod:`monitor.detectors.label_drift`): judged from ``reference_min_rounds`` on, and
+a drifted round does not join its own reference.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class _Feature:
     ks: np.ndarray
     ratio: np.ndarray
     ready: np.ndarray
+    hist: np.ndarray
+    """This round's (denoised) histograms of the feature."""
+    growing: np.ndarray
+    """Clients whose reference of this feature is still short of ``reference_rounds``."""
 
 
 class FeatureDrift(Detector):
@@ -134,14 +140,15 @@ class FeatureDrift(Detector):
     def _feature(
         self, ctx: RoundContext, state: FeatureDriftState, f: int, cal: dict[str, np.ndarray]
     ) -> _Feature:
-        """One feature: statistics, noise floors, calibration maxima; adds to its reference."""
+        """One feature: statistics, noise floors, calibration maxima (the reference grows in step)."""
         th, n, idx, edges = ctx.th, ctx.n, ctx.idx, ctx.cfg.feature_bin_edges[f]
         fh = drift.denoise(ctx.data.feature_hists[f])
         _, tot = drift.normalize_rows(fh)
         has = ctx.ok & np.isfinite(tot)
         rr = state.ref_feature_rounds[idx, f]
-        rdy = has & (rr >= th.reference_rounds)
-        out = _Feature(nan_array(n), nan_array(n), nan_array(n), nan_array(n), rdy)
+        rdy = has & (rr >= max(1, th.reference_min_rounds))
+        grow = has & (rr < th.reference_rounds)
+        out = _Feature(nan_array(n), nan_array(n), nan_array(n), nan_array(n), rdy, fh, grow)
         if rdy.any():
             r, cur = state.ref_feature_counts[f][idx][rdy], fh[rdy]
             n_ref, n_cur = r.sum(axis=1), tot[rdy]
@@ -166,13 +173,21 @@ class FeatureDrift(Detector):
                 _CALIBRATED, (out.psi, out.w, out.ks), (q_psi, q_w, q_ks), strict=True
             ):
                 cal[name][rdy] = np.maximum(cal[name][rdy], stat[rdy] - q)
-        bld = has & (rr < th.reference_rounds)
-        if bld.any():
-            bi = idx[bld]
-            state.ref_feature_counts[f][bi] += fh[bld]
-            state.ref_feature_rounds[bi, f] += 1
-            state.ref_feature_noise_var[bi, f] += ctx.noise_var[bld]
         return out
+
+    @staticmethod
+    def _grow_references(
+        ctx: RoundContext, state: FeatureDriftState, per: list[_Feature], flag: np.ndarray
+    ) -> None:
+        """Add this round to the references still growing, unless the client drifted (label_drift
+        explains why a drifted round must not join its own reference)."""
+        for f, ft in enumerate(per):
+            bld = ft.growing & ~flag
+            if bld.any():
+                bi = ctx.idx[bld]
+                state.ref_feature_counts[f][bi] += ft.hist[bld]
+                state.ref_feature_rounds[bi, f] += 1
+                state.ref_feature_noise_var[bi, f] += ctx.noise_var[bld]
 
     def step(self, ctx: RoundContext, state: FeatureDriftState) -> Step:
         n = ctx.n
@@ -198,6 +213,7 @@ class FeatureDrift(Detector):
             for k, v in cal.items():
                 ctx.collect(k, v[ready & ctx.healthy])
         flag = ready & (np.nan_to_num(ratio, nan=0.0) > 1.0)
+        self._grow_references(ctx, state, per, flag)
         state.streak[ctx.idx] = divergence.update_streak(state.streak[ctx.idx], flag, ready)
         ctx.add_anomaly(ratio)
         active = [

@@ -1,7 +1,12 @@
 """Label drift: a client's label histogram against its own reference rounds (Jensen-Shannon, base 2).
 
 The reference is the sum of the client's first ``reference_rounds`` reported
-histograms. The threshold is ``sqrt(label_drift_js^2 + q)`` with ``q`` the
+histograms that did not drift. A client is judged from its first
+``reference_min_rounds`` on (the noise floor widens with a small reference), and a
+round that drifts against the partial reference does not join it: under partial
+participation a client sampled in 3 of 10 rounds often has fewer than
+``reference_rounds`` reports before a fault starts, and a reference completed from
+drifted rounds would hide the drift for good. The threshold is ``sqrt(label_drift_js^2 + q)`` with ``q`` the
 noise floor: the ``1 - drift_null_alpha`` quantile of JS^2 under sampling
 (and declared local-DP) noise alone, so small clients and noised histograms
 do not alarm on noise (docs/signals.md, "Label drift").
@@ -36,6 +41,11 @@ __all__ = ["LabelDrift", "LabelDriftThresholds", "LabelDriftState"]
 class LabelDriftThresholds:
     reference_rounds: int = threshold(
         3, "Rounds each client's reference histograms are summed over (label and feature drift)."
+    )
+    reference_min_rounds: int = threshold(
+        1,
+        "Reference rounds a client is judged from (label and feature drift); until it has "
+        "reference_rounds, rounds that do not drift keep joining it.",
     )
     label_drift_js: float = threshold(0.20, "JS distance (base 2) beyond the noise floor.")
 
@@ -108,7 +118,7 @@ class LabelDrift(Detector):
         has_lh = ctx.ok & np.isfinite(lh_total)
         ref_counts = state.ref_label_counts[idx]
         ref_rounds = state.ref_label_rounds[idx]
-        ready = has_lh & (ref_rounds >= th.reference_rounds)
+        ready = has_lh & (ref_rounds >= max(1, th.reference_min_rounds))
         js_ref, label_thr = nan_array(n), nan_array(n)
         if ready.any():
             r = ref_counts[ready]
@@ -130,14 +140,14 @@ class LabelDrift(Detector):
         js_fed = nan_array(n)
         if has_lh.any():
             js_fed[has_lh] = drift.js_distance(lh[has_lh], lh[has_lh].sum(axis=0))
-        building = has_lh & (ref_rounds < th.reference_rounds)
+        ratio = js_ref / label_thr
+        flag = ready & (js_ref > label_thr)
+        building = has_lh & (ref_rounds < th.reference_rounds) & ~flag
         if building.any():
             bi = idx[building]
             state.ref_label_counts[bi] += lh[building]
             state.ref_label_rounds[bi] += 1
             state.ref_label_noise_var[bi] += ctx.noise_var[building]
-        ratio = js_ref / label_thr
-        flag = ready & (js_ref > label_thr)
         state.streak[idx] = divergence.update_streak(state.streak[idx], flag, ready)
         ctx.add_anomaly(ratio)
         active = [

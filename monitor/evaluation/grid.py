@@ -250,8 +250,10 @@ def full_grid(kinds: Sequence[str], *, held_out: bool = True) -> tuple[list[Case
       full participation, 20-50 clients;
     * the same kinds at alpha 0.5, seed 0, under partial participation (0.5 and 0.3 with
       timeouts, 0.5 reporting only who answered) and local-DP histograms;
-    * 200 clients: healthy at alpha 0.1 and 100, a sign flip and a federation-wide shift;
-      1,000 clients: healthy and a federation-wide shift (a 1,000-client run is ~2 min here);
+    * 200 clients: healthy at alpha {0.1, 0.5, 100}, and at alpha 0.5 a sign flip, a label
+      drift, a dropout and a federation-wide shift; 1,000 clients: healthy at alpha
+      {0.1, 0.5, 100}, a sign flip and a federation-wide shift (the calibration of the
+      federation-level thresholds over size and skew needs the healthy runs);
     * held out: the first block again with seeds :data:`HELD_OUT_SEEDS`.
     """
     every = [*kinds, SEVERAL]
@@ -264,18 +266,19 @@ def full_grid(kinds: Sequence[str], *, held_out: bool = True) -> tuple[list[Case
         "local-dp-histograms",
     ):
         tuned += build_cases(every, [0.5], [0], condition=cond, **common)
-    tuned += build_cases([], [0.1, 100], [0], condition="clients-200", **common)
-    tuned += build_cases(
-        ["sign_flip", "federation_covariate_shift"],
-        [0.5],
-        [0],
-        healthy=False,
-        condition="clients-200",
-        **common,
-    )
-    tuned += build_cases(
-        ["federation_covariate_shift"], [0.5], [0], condition="clients-1000", **common
-    )
+    for size, kinds_at_size in (
+        ("clients-200", ["sign_flip", "label_drift", "dropout", "federation_covariate_shift"]),
+        ("clients-1000", ["sign_flip", "federation_covariate_shift"]),
+    ):
+        tuned += build_cases([], [0.1, 0.5, 100], [0], condition=size, **common)
+        tuned += build_cases(
+            [k for k in kinds_at_size if k in kinds],
+            [0.5],
+            [0],
+            healthy=False,
+            condition=size,
+            **common,
+        )
     held = build_cases(every, [0.1, 0.5, 100], HELD_OUT_SEEDS, **common) if held_out else []
     return tuned, held
 
