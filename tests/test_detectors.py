@@ -151,6 +151,37 @@ def test_fault_fires_on_the_right_client_at_the_right_round(fault, kind, first):
         assert ranked[0] == i
 
 
+def test_performance_drift_needs_the_clients_own_loss_to_rise():
+    """A minority-class client whose loss stays flat while everyone else's falls: its loss
+    relative to the median climbs every round, but nothing got worse for it."""
+    fed = SyntheticFederation(40, alpha=0.1, seed=3)
+
+    def found(th: Thresholds) -> tuple[dict[str, list[int]], list[str], float]:
+        run, st, seen, messages = fed.run(), DetectorState(), {}, []
+        for t in range(1, 31):
+            d = fed.round(t)
+            d.eval_loss[:] = 1.2 * np.exp(-t / 12.0) * np.exp(0.05 * np.sin(np.arange(40) + t))
+            d.eval_loss[5] = 1.8 * np.exp(0.05 * np.sin(t))  # flat: the others improve
+            if t >= 20:
+                d.eval_loss[9] = 1.2 * np.exp(-19 / 12.0) * 3.0  # its own loss triples
+            a = analyze_round(run, th, st, d)
+            st = a.state
+            for s in a.active:
+                if s.kind == "performance_drift":
+                    seen.setdefault(s.client_id, []).append(t)
+                    messages.append(s.message)
+        return seen, messages, float(a.client_scores["eval_loss_relative_log"][5])
+
+    seen, messages, rel = found(Thresholds())
+    assert rel > 0.9  # its loss is 2.5x the median's by the end
+    assert "c00005" not in seen, seen
+    assert seen.get("c00009", [None])[0] in (20, 21), seen
+    assert all("its own best" in m for m in messages)
+    # the relative loss alone (the rule before the own-loss gate) fires on the flat client
+    loose, _, _ = found(Thresholds().with_overrides({"changepoint_min_own_rise": 0.0}))
+    assert "c00005" in loose, loose
+
+
 def test_label_and_feature_drift_on_one_client_is_data_drift_and_named():
     faults = [
         Fault("label_shift", [3], 8, magnitude=0.7),
@@ -562,7 +593,7 @@ def test_straggler_needs_a_high_z_and_a_material_ratio():
     d = fed.round(1)
     d.wall_time_seconds[:] = 0.100 * np.exp(np.linspace(-0.002, 0.002, d.n))
     d.wall_time_seconds[4] = 0.104  # robust z ~ 20, ratio 1.04
-    d.wall_time_seconds[7] = 0.300  # robust z huge, ratio 3
+    d.wall_time_seconds[7] = 0.400  # robust z huge, ratio 4
     a = analyze_round(run, Thresholds(), DetectorState(), d)
     z = a.client_scores["wall_time_robust_z"]
     assert z[4] > Thresholds().straggler_robust_z
@@ -570,7 +601,7 @@ def test_straggler_needs_a_high_z_and_a_material_ratio():
     assert {s.client_id for s in a.active if s.kind == "straggler"} == {d.client_ids[7]}
     assert a.client_scores["anomaly_score"][4] < 1.0 <= a.client_scores["anomaly_score"][7]
     msg = next(s.message for s in a.active if s.kind == "straggler")
-    assert "3.0x the median 0.1 s" in msg
+    assert "4.0x the median 0.1 s" in msg
     # the ratio is a documented, overridable threshold
     loose = Thresholds().with_overrides({"straggler_min_ratio": 1.0})
     a = analyze_round(run, loose, DetectorState(), d)

@@ -166,3 +166,38 @@ def test_dropout_under_partial_participation_counts_sampled_rounds_and_improbabl
         assert seen["c00006"][0] >= 8 + 13 - 7, seen["c00006"]
         healthy = {c for c in seen if c not in ("c00005", "c00006")}
         assert not healthy, seen
+
+
+def test_a_federation_wide_shift_absorbs_its_members_consequences_but_not_a_sign_flip():
+    shift = Fault("feature_shift", list(range(30)), 8, magnitude=2.0)
+    later = [Fault("loss_jump", [3, 4], 12, magnitude=1.5), Fault("sign_flip", [6], 12)]
+    fed = SyntheticFederation(30, alpha=0.5, seed=5, faults=[shift, *later])
+    out, seen = stream(fed, 16)
+    # one federation-level finding from onset to the end; the members' loss jump is part of it
+    assert [r for r, _ in _signals(out, "federation_drift")] == list(range(8, 17))
+    assert not [k for k in seen if k[0] in ("feature_drift", "data_drift", "performance_drift")]
+    last = _signals(out, "federation_drift")[-1][1]
+    assert last.details["clients_count"] == 30 and last.details["since_round"] == 8
+    assert {"c00003", "c00004"} <= set(last.details["caused"]["performance_drift"])
+    assert "performance drift of" in last.message
+    # a sign-flipped update stands out against clients whose data moved as much: its own finding
+    assert seen[("update_divergence", "c00006")][0] == 12
+    # without the federation-wide shift the loss jump is the clients' own finding
+    _, alone = stream(SyntheticFederation(30, alpha=0.5, seed=5, faults=later), 16)
+    assert ("performance_drift", "c00003") in alone and ("performance_drift", "c00004") in alone
+
+
+def test_the_federation_wide_change_stays_one_finding_until_no_client_differs():
+    faults = [
+        Fault("feature_shift", list(range(30)), 8, end=12, magnitude=2.0),
+        Fault("feature_shift", [1, 2, 3], 8, end=14, magnitude=2.0),  # these three go on
+        Fault("feature_shift", [2], 17, magnitude=2.0),  # a drift of its own, after the change
+    ]
+    out, seen = stream(SyntheticFederation(30, alpha=0.5, seed=5, faults=faults), 19)
+    rounds = [r for r, _ in _signals(out, "federation_drift")]
+    assert rounds == list(range(8, 14)), rounds
+    late = dict(_signals(out, "federation_drift"))[13]
+    assert "3 of 30 clients still differ (one change since round 8)" in late.message
+    assert late.details["clients_count"] == 30  # the members of the change, not this round's
+    drift = {k: v for k, v in seen.items() if k[0] in ("feature_drift", "data_drift")}
+    assert drift and all(k[1] == "c00002" and min(v) >= 17 for k, v in drift.items()), drift

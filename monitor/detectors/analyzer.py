@@ -74,7 +74,7 @@ def analyze_round(
         rs.update(out.round_scores)
         active.extend(out.active)
     for det in reg.detectors:  # detectors that relate the round's signals (one per cause)
-        active, extra = det.finish(ctx, active)
+        active, extra = det.finish(ctx, active, st.detectors[det.name])
         rs.update(extra)
     scores["anomaly_score"] = _anomaly(ctx)
     rs["clients_flagged"] = float(len({a.client_id for a in active if a.client_id is not None}))

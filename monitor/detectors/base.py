@@ -398,12 +398,13 @@ class Detector(ABC):
         """Analyse one round: scores, active signals, values for later detectors; update ``state``."""
 
     def finish(
-        self, ctx: RoundContext, active: list[ActiveSignal]
+        self, ctx: RoundContext, active: list[ActiveSignal], state: Any = None
     ) -> tuple[list[ActiveSignal], dict[str, float]]:
         """After every detector's step: rewrite the round's signals (default: unchanged).
 
         For a detector that relates signals to each other (one finding per cause,
         :mod:`monitor.detectors.causes`); returns the signals and extra round scores.
+        ``state`` is the detector's own state, as :meth:`step` had it (it may update it).
         """
         return active, {}
 

@@ -60,7 +60,9 @@ class ParticipationThresholds:
         3.5, "Robust z of log wall time within the round beyond which a client straggles."
     )
     straggler_min_ratio: float = threshold(
-        2.0, "A straggler also takes at least this many times the round's median wall time."
+        3.0,
+        "A straggler also takes at least this many times the round's median wall time "
+        "(a client with twice the data takes twice as long; 2.0 flagged such healthy clients).",
     )
 
 
@@ -88,7 +90,7 @@ class Participation(Detector):
             "client",
             "The client took far longer than the round's other clients.",
             "client c005: round took 41.2 s, 10.9x the median 3.78 s (robust z 8.1; thresholds z "
-            "3.5 and 2.0x)",
+            "3.5 and 3.0x)",
         ),
         FindingKind(
             "participation_drop",

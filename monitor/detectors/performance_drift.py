@@ -5,6 +5,13 @@ client's *relative* log loss, ``log(loss / round median)``: the global model
 improving for everyone moves the median, not the relative loss, so only a
 client that gets worse than the others raises a change (docs/signals.md,
 "Performance drift").
+
+A change also needs the client's *own* loss to have risen above the best level
+it held (``changepoint_min_own_rise``): under strong label skew the median
+falls as the global model learns the common classes while a minority-class
+client's loss stays flat, so its relative loss climbs round after round
+without anything getting worse for it. That is the others improving, not this
+client degrading.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ class PerformanceDriftThresholds:
     changepoint_min_rounds: int = threshold(
         5, "Rounds a client must have reported before a change can be signalled."
     )
+    changepoint_min_own_rise: float = threshold(
+        0.2,
+        "... and the client's own log eval loss at least this far above the best (smoothed) "
+        "level it held (0.2: 1.22x); a relative rise alone can be the others improving.",
+    )
 
 
 @dataclass
@@ -50,6 +62,10 @@ class PerformanceDriftState(DetectorStateBase):
     ph_mean: np.ndarray = client_field()
     ph_cum: np.ndarray = client_field()
     ph_cum_min: np.ndarray = client_field(fill=np.inf)
+    own_ewma: np.ndarray = client_field(fill=np.nan)
+    """Smoothed log eval loss of the client (:func:`monitor.signals.changepoint.own_loss_rise`)."""
+    own_best: np.ndarray = client_field(fill=np.inf)
+    """Lowest smoothed log eval loss the client has held."""
     streak: np.ndarray = client_field(dtype=np.int64)
 
 
@@ -63,7 +79,7 @@ class PerformanceDrift(Detector):
             "client",
             "The client's loss under the global model rose against the other clients'.",
             "client c012: eval loss of the global model changed (Page-Hinkley 2.31 > 1.50); "
-            "loss 1.204 is 2.45x the round's median client",
+            "loss 1.204 is 2.45x the round's median client and 1.62x its own best",
         ),
     )
     Thresholds = PerformanceDriftThresholds
@@ -90,13 +106,23 @@ class PerformanceDrift(Detector):
         ph = changepoint.PageHinkleyState(
             state.ph_n[idx], state.ph_mean[idx], state.ph_cum[idx], state.ph_cum_min[idx]
         )
-        ph, stat, flag = changepoint.page_hinkley_update(
+        ph, stat, change = changepoint.page_hinkley_update(
             ph,
             rel,
             delta=th.changepoint_delta,
             threshold=th.changepoint_lambda,
             min_instances=th.changepoint_min_rounds,
+            reset_on_alarm=False,
         )
+        ok_loss = ctx.ok & ~data.nonfinite_loss & (np.asarray(data.eval_loss) > 0)
+        own = np.log(np.where(ok_loss, np.asarray(data.eval_loss, dtype=np.float64), np.nan))
+        rise, state.own_ewma[idx], state.own_best[idx] = changepoint.own_loss_rise(
+            own, state.own_ewma[idx], state.own_best[idx]
+        )
+        # a relative change without the client's own loss rising is the others improving:
+        # no alarm, and the accumulators keep their evidence for when it does rise
+        flag = change & (rise >= th.changepoint_min_own_rise)
+        ph = changepoint.page_hinkley_reset(ph, flag)
         state.ph_n[idx], state.ph_mean[idx] = ph.n, ph.mean
         state.ph_cum[idx], state.ph_cum_min[idx] = ph.cum, ph.cum_min
         if ctx.calibrating:
@@ -119,11 +145,13 @@ class PerformanceDrift(Detector):
                     message=(
                         f"client {cid}: eval loss of the global model changed (Page-Hinkley "
                         f"{fmt(stat[i])} > {fmt(th.changepoint_lambda)}); loss {fmt(data.eval_loss[i], 3)} is "
-                        f"{fmt(math.exp(rel[i]))}x the round's median client"
+                        f"{fmt(math.exp(rel[i]))}x the round's median client and "
+                        f"{fmt(math.exp(rise[i]))}x its own best"
                     ),
                     details={
                         "eval_loss": json_num(data.eval_loss[i]),
                         "relative_log_loss": json_num(rel[i]),
+                        "own_log_loss_rise": json_num(rise[i]),
                     },
                 )
             )

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PageHinkleyState", "page_hinkley_update", "relative_log_loss"]
+__all__ = [
+    "PageHinkleyState",
+    "page_hinkley_update",
+    "page_hinkley_reset",
+    "own_loss_rise",
+    "relative_log_loss",
+]
 
 
 @dataclass
@@ -103,6 +109,36 @@ def page_hinkley_update(
         cum = np.where(alarm, 0.0, cum)
         cum_min = np.where(alarm, np.inf, cum_min)
     return PageHinkleyState(n=n, mean=mean, cum=cum, cum_min=cum_min), stat, alarm
+
+
+def page_hinkley_reset(state: PageHinkleyState, mask: np.ndarray) -> PageHinkleyState:
+    """Restart the accumulators of the clients in ``mask`` (what an alarm does when ``reset_on_alarm``)."""
+    return PageHinkleyState(
+        n=np.where(mask, 0, state.n),
+        mean=np.where(mask, 0.0, state.mean),
+        cum=np.where(mask, 0.0, state.cum),
+        cum_min=np.where(mask, np.inf, state.cum_min),
+    )
+
+
+def own_loss_rise(
+    log_loss: np.ndarray, ewma: np.ndarray, best: np.ndarray, weight: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""How far each client's own log loss is above the best level it has held.
+
+    The client's smoothed log loss ``e_t = (1 - w) e_{t-1} + w x_t`` (``e_1 = x_1``)
+    and its best level ``b_t = min_{s<t} e_s``; the rise is ``x_t - b_{t-1}``
+    (NaN before a best level exists). NaN observations leave both unchanged.
+
+    Returns ``(rise, new_ewma, new_best)``.
+    """
+    x = np.asarray(log_loss, dtype=np.float64)
+    obs = np.isfinite(x)
+    rise = np.where(obs & np.isfinite(best), x - best, np.nan)
+    started = np.isfinite(ewma)
+    new_ewma = np.where(obs, np.where(started, (1.0 - weight) * ewma + weight * x, x), ewma)
+    new_best = np.where(obs, np.fmin(best, new_ewma), best)
+    return rise, new_ewma, new_best
 
 
 def relative_log_loss(

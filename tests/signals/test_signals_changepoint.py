@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from monitor.signals.changepoint import PageHinkleyState, page_hinkley_update, relative_log_loss
+from monitor.signals.changepoint import (
+    PageHinkleyState,
+    own_loss_rise,
+    page_hinkley_reset,
+    page_hinkley_update,
+    relative_log_loss,
+)
 
 
 class LoopPageHinkley:
@@ -77,3 +83,38 @@ def test_relative_log_loss_removes_common_trend():
     np.testing.assert_allclose(r[:3], np.log([0.5, 1.0, 2.0]))
     assert np.isnan(r[3]) and np.isnan(r[4])
     np.testing.assert_allclose(relative_log_loss(loss * 7.0)[:3], r[:3])
+
+
+def test_own_loss_rise_against_a_plain_loop():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 0.3, size=(25, 6)) + np.linspace(0, 1, 25)[:, None]
+    x[rng.random(x.shape) < 0.15] = np.nan  # rounds a client did not report
+    ewma, best = np.full(6, np.nan), np.full(6, np.inf)
+    loop_e, loop_b = [None] * 6, [math.inf] * 6
+    for t in range(25):
+        rise, ewma, best = own_loss_rise(x[t], ewma, best, weight=0.5)
+        for i in range(6):
+            v = x[t, i]
+            if math.isnan(v):
+                assert math.isnan(rise[i])
+                continue
+            want = v - loop_b[i] if math.isfinite(loop_b[i]) else math.nan
+            assert rise[i] == pytest.approx(want, nan_ok=True)
+            loop_e[i] = v if loop_e[i] is None else 0.5 * loop_e[i] + 0.5 * v
+            loop_b[i] = min(loop_b[i], loop_e[i])
+        assert np.allclose(best, loop_b)
+
+
+def test_a_gated_alarm_keeps_its_evidence_until_reset():
+    st = PageHinkleyState.empty(2)
+    for v in [0.0] * 5 + [2.0, 2.0]:
+        st, stat, alarm = page_hinkley_update(
+            st, np.array([v, v]), delta=0.1, threshold=1.5, reset_on_alarm=False
+        )
+    assert alarm.all()
+    st = page_hinkley_reset(st, np.array([True, False]))
+    assert st.n[0] == 0 and st.cum_min[0] == math.inf and st.n[1] == 7
+    st, stat, alarm = page_hinkley_update(
+        st, np.array([2.0, 2.0]), delta=0.1, threshold=1.5, reset_on_alarm=False
+    )
+    assert not alarm[0] and alarm[1]
