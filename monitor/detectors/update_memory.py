@@ -16,20 +16,31 @@ aggregate that contains the client itself:
   alarm ``h``; a round counts only where the drop beyond the round's median is at
   least ``divergence_cosine_min_drop``, as a robust z over a tiny spread is no
   effect): a client that sits far below its usual place round after round
-  builds evidence, one with a low cosine that is normal for its data does not;
+  builds evidence, one with a low cosine that is normal for its data does not.
+  The allowance is 2.5: when attackers (or a drifting client) move the
+  aggregate, honest clients' places shift by 1.5-2.5 robust z for a few rounds;
 * **direction change** - the client's cosine to its own previous update against its
-  reference mean of it, less the round's median of that change, in a CUSUM with a
-  margin: honest consecutive updates of one client point alike (its data does not
-  change); random-noise updates do not;
+  reference mean of it, less the round's median change and a margin, in a CUSUM:
+  honest consecutive updates of one client point alike (its data does not
+  change); random-noise updates do not. A round counts only where the client's
+  leave-one-out cosine also fell (``direction_change_min_loo_drop`` beyond the
+  round's median drop): an honest client's consecutive updates part now and then
+  (little data, its own optimum reached) while it keeps its place among the
+  others, and a noise update leaves both;
 * **sign reversal** - the cosine to its own previous update at or below
   ``update_reversal_cosine`` (-0.5) *and* at least ``update_reversal_min_change``
   below its reference (beyond the round's median change): an update that turned
   round from one round to the next where the client's updates used to agree (a
-  sign flip starts; honest clients stay above -0.3 in the benchmark);
+  sign flip starts; honest clients stay above -0.3 in the benchmark), against
+  the reference the client has so far (:func:`monitor.signals.divergence.partial_reference`:
+  under partial participation it may have none by the onset);
 * **colluding** - the same update (sketch cosine >= ``stale_cosine_min``, same norm)
   as another client this round (:func:`monitor.signals.divergence.identical_updates`):
   attacks that craft one vector for several clients (ALIE, IPM) send it from all.
 
+What finds each attack (tuned seeds): sign flip - sign reversal; ALIE - colluding;
+IPM, exploding updates - the single-round rule (:mod:`monitor.detectors.updates`);
+Gaussian noise - direction change; label flip, noisy labels - mostly label drift.
 Stale, free-riding and non-finite updates are judged by their own rules and left
 out. docs/signals.md gives the thresholds and the benchmark behind them.
 """
@@ -66,7 +77,7 @@ class MemoryThresholds:
         3, "Usable rounds of a client's own updates its divergence memory is referenced on."
     )
     divergence_cusum_allowance: float = threshold(
-        1.5,
+        2.5,
         "CUSUM allowance k of the leave-one-out cosine drop (robust z): rounds above -k drain "
         "the evidence.",
     )
@@ -79,12 +90,17 @@ class MemoryThresholds:
         5.0, "Accumulated cosine-drop evidence (robust z units) at which an update diverges."
     )
     direction_change_margin: float = threshold(
-        0.3,
+        0.5,
         "Drop of the cosine to the client's own previous update, beyond its reference and "
         "the round's median drop, that counts as evidence.",
     )
     direction_change_threshold: float = threshold(
-        1.0, "Accumulated direction-change evidence (cosine units) at which an update diverges."
+        0.5, "Accumulated direction-change evidence (cosine units) at which an update diverges."
+    )
+    direction_change_min_loo_drop: float = threshold(
+        0.05,
+        "A round adds direction-change evidence only when the client's leave-one-out cosine "
+        "also fell at least this much more than the round's median client's.",
     )
     update_reversal_cosine: float = threshold(
         -0.5, "Cosine to the client's own previous update at or below which it turned round..."
@@ -168,27 +184,36 @@ def memory_round(
     drop = loo - base_loo
     judged_drop = judged & np.isfinite(drop)
     z = divergence.robust_z(drop, judged)
+    beyond = np.zeros(len(loo))
     if judged_drop.sum() >= 5:
         # a robust z over a tiny spread is not an effect: the drop must also be material
-        beyond = drop - float(np.median(drop[judged_drop]))
-        z = np.where(np.nan_to_num(beyond, nan=0.0) <= -th.divergence_cosine_min_drop, z, 0.0)
+        beyond = np.nan_to_num(drop - float(np.median(drop[judged_drop])), nan=0.0)
+        z = np.where(beyond <= -th.divergence_cosine_min_drop, z, 0.0)
         z = np.where(judged_drop, z, np.nan)
     ev_c = divergence.cusum_low(
         state.cosine_evidence[idx], z, th.divergence_cusum_allowance, judged
     )
     state.cosine_evidence[idx] = ev_c
+    ref_rev = divergence.partial_reference(
+        state.prev_ref_sum[idx], state.prev_ref_n[idx], cos_prev, judged & np.isfinite(cos_prev)
+    )
     base_prev = _reference(state.prev_ref_sum, state.prev_ref_n, idx, cos_prev, judged, need)
     change = base_prev - cos_prev
     ok_change = judged & np.isfinite(change)
     med = float(np.median(change[ok_change])) if ok_change.sum() >= 5 else 0.0
     step = change - med - th.direction_change_margin
+    # an honest client's consecutive updates may part (small data, its optimum reached) while
+    # it keeps its place among the others; a noise update leaves both: both must move
+    step = np.where(beyond <= -th.direction_change_min_loo_drop, step, np.minimum(step, 0.0))
     ev_d = state.direction_evidence[idx]
     ev_d = np.where(ok_change, np.maximum(0.0, ev_d + np.nan_to_num(step)), ev_d)
     state.direction_evidence[idx] = ev_d
+    turned = ref_rev - cos_prev - med
     reversal = (
-        ok_change
+        judged
+        & np.isfinite(turned)
         & (np.nan_to_num(cos_prev, nan=1.0) <= th.update_reversal_cosine)
-        & (np.nan_to_num(change - med, nan=0.0) >= th.update_reversal_min_change)
+        & (np.nan_to_num(turned, nan=0.0) >= th.update_reversal_min_change)
     )
     identical = divergence.identical_updates(
         sketch, norm, judged, th.stale_cosine_min, th.stale_norm_rtol

@@ -24,6 +24,7 @@ __all__ = [
     "leave_one_out_cosine",
     "cusum_low",
     "identical_updates",
+    "partial_reference",
 ]
 
 MAD_TO_SD = 1.482602218505602
@@ -309,3 +310,24 @@ def identical_updates(
     np.fill_diagonal(same, False)
     out[rows] = same.sum(axis=1)
     return out
+
+
+def partial_reference(
+    total: np.ndarray, count: np.ndarray, value: np.ndarray, have: np.ndarray, min_count: int = 5
+) -> np.ndarray:
+    r"""Each client's reference from what it has: its own mean, else the round's median.
+
+    .. math:: r_i = \begin{cases} T_i / n_i & n_i \ge 1 \\
+                                  \operatorname{median}_{j \in have} v_j & n_i = 0 \end{cases}
+
+    ``total``/``count``: per-client sums and counts of the client's earlier values;
+    ``value``: this round's, of which ``have`` are usable for the median (NaN with fewer
+    than ``min_count``). Under partial participation a client sampled in 0.3 of the
+    rounds has two or three usable rounds before a fault at round 8-15; a test that
+    waits for a full reference misses what the first faulty round shows.
+    """
+    v = np.asarray(value, dtype=np.float64)
+    have = np.asarray(have, dtype=bool) & np.isfinite(v)
+    median = float(np.median(v[have])) if have.sum() >= min_count else np.nan
+    n = np.asarray(count, dtype=np.float64)
+    return np.where(n >= 1, np.asarray(total, dtype=np.float64) / np.maximum(n, 1), median)

@@ -1,0 +1,130 @@
+"""The divergence memory (monitor/detectors/update_memory.py) on hand-made rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from monitor.detectors import Thresholds
+from monitor.detectors.update_memory import MemoryState, memory_round
+from monitor.signals import divergence
+
+N, D = 20, 32
+
+
+def _federation(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # each client's updates point alike from round to round (its data does not change);
+    # all of them share a common component (the task), as in a real federation
+    common = rng.normal(size=D)
+    own = rng.normal(size=(N, D))
+    return rng, common, own
+
+
+def _step(state, sketch, cos_prev, judged, th=None):
+    return memory_round(
+        sketch=sketch,
+        norm=np.linalg.norm(sketch, axis=1),
+        weights=np.ones(N),
+        cos_prev=cos_prev,
+        judged=judged,
+        idx=np.arange(N),
+        state=state,
+        th=th or Thresholds(),
+    )
+
+
+def _cos(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _stream(rounds, edit, sampled=None, seed=0, edit_cos=None):
+    """Run the memory over ``rounds``; ``edit(t, sketch)`` injects a fault in place."""
+    rng, common, own = _federation(seed)
+    state = MemoryState.fresh(None, N)
+    prev = np.full((N, D), np.nan)
+    out = []
+    for t in range(1, rounds + 1):
+        sk = common + own + 0.2 * rng.normal(size=(N, D))
+        edit(t, sk)
+        judged = np.ones(N, dtype=bool) if sampled is None else sampled(t)
+        cos_prev = np.where(np.isfinite(prev).all(axis=1), _cos(sk, np.nan_to_num(prev)), np.nan)
+        if edit_cos is not None:
+            edit_cos(t, cos_prev)
+        out.append(_step(state, sk, np.where(judged, cos_prev, np.nan), judged))
+        prev[judged] = sk[judged]
+    return out
+
+
+def test_a_sign_flip_with_only_one_sampled_round_before_onset_is_found_at_onset():
+    # client 0 is sampled in rounds 1, 2 and 6 only: one usable cosine to its previous
+    # update before it flips at 6 (the full reference needs 3)
+    sampled = lambda t: np.arange(N) != 0 if t not in (1, 2, 6) else np.ones(N, dtype=bool)  # noqa: E731
+
+    def flip(t, sk):
+        if t >= 6:
+            sk[0] = -sk[0]
+
+    out = _stream(6, flip, sampled)
+    assert out[-1].pattern[0] == "sign_reversal"
+    assert not any(r.flag.any() for r in out[:-1])
+
+
+def test_a_sign_flip_before_any_reference_is_judged_against_the_round():
+    # sampled in rounds 1 and 5 only: no cosine to a previous update before it flips
+    sampled = lambda t: np.arange(N) != 0 if t not in (1, 5) else np.ones(N, dtype=bool)  # noqa: E731
+
+    def flip(t, sk):
+        if t >= 5:
+            sk[0] = -sk[0]
+
+    out = _stream(5, flip, sampled)
+    assert out[-1].pattern[0] == "sign_reversal"
+
+
+def test_honest_clients_sampled_partially_stay_quiet():
+    rng = np.random.default_rng(5)
+    draws = {t: rng.random(N) < 0.3 for t in range(1, 31)}
+    out = _stream(30, lambda t, sk: None, lambda t: draws[t])
+    assert not any(r.flag.any() for r in out)
+
+
+def test_a_noise_update_builds_direction_evidence_within_two_rounds():
+    rng = np.random.default_rng(1)
+
+    def noise(t, sk):
+        if t >= 8:  # Gaussian noise of the real update's norm
+            sk[4] = rng.normal(size=D) * np.linalg.norm(sk[4]) / np.sqrt(D)
+
+    out = _stream(12, noise)
+    fired = [t for t, r in enumerate(out, 1) if r.flag[4]]
+    assert fired and fired[0] <= 9
+    assert out[fired[0] - 1].pattern[4] == "direction_change"
+    assert not any(r.flag[np.arange(N) != 4].any() for r in out)
+
+
+def test_a_client_whose_updates_part_but_keep_their_place_builds_no_direction_evidence():
+    def parted(t, cos_prev):
+        # from round 8 client 7's consecutive updates part (cosine to its previous 0.1, as a
+        # noise update's) while its place among the others stays: not evidence on its own
+        if t >= 8:
+            cos_prev[7] = 0.1
+
+    out = _stream(20, lambda t, sk: None, edit_cos=parted)
+    assert all(r.direction_evidence[7] == 0.0 for r in out)
+    assert not any(r.flag.any() for r in out)
+
+
+def test_partial_reference_is_the_clients_own_mean_or_the_rounds_median():
+    rng = np.random.default_rng(3)
+    history = [list(rng.normal(size=k)) for k in (0, 1, 2, 3, 0)]
+    value = rng.normal(size=5)
+    have = np.array([True, True, True, True, True])
+    got = divergence.partial_reference(
+        np.array([sum(h) for h in history]), np.array([len(h) for h in history]), value, have
+    )
+    want = [np.mean(h) if h else np.median(value) for h in history]
+    np.testing.assert_allclose(got, want)
+    # fewer than five clients to take a median over: no reference for the new ones
+    few = divergence.partial_reference(np.zeros(3), np.array([0, 1, 0]), value[:3], have[:3])
+    assert np.isnan(few[0]) and few[1] == 0.0 and np.isnan(few[2])
