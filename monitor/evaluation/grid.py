@@ -254,7 +254,8 @@ def full_grid(kinds: Sequence[str], *, held_out: bool = True) -> tuple[list[Case
       drift, a dropout and a federation-wide shift; 1,000 clients: healthy at alpha
       {0.1, 0.5, 100}, a sign flip and a federation-wide shift (the calibration of the
       federation-level thresholds over size and skew needs the healthy runs);
-    * held out: the first block again with seeds :data:`HELD_OUT_SEEDS`.
+    * held out: the first block again with seeds :data:`HELD_OUT_SEEDS`, and the healthy
+      200- and 1,000-client runs with the first of them.
     """
     every = [*kinds, SEVERAL]
     common = {"rounds": 30, "clients": (20, 50), "onset": (8, 15)}
@@ -279,7 +280,11 @@ def full_grid(kinds: Sequence[str], *, held_out: bool = True) -> tuple[list[Case
             condition=size,
             **common,
         )
-    held = build_cases(every, [0.1, 0.5, 100], HELD_OUT_SEEDS, **common) if held_out else []
+    held: list[Case] = []
+    if held_out:
+        held = build_cases(every, [0.1, 0.5, 100], HELD_OUT_SEEDS, **common)
+        for size in ("clients-200", "clients-1000"):
+            held += build_cases([], [0.1, 0.5, 100], HELD_OUT_SEEDS[:1], condition=size, **common)
     return tuned, held
 
 
