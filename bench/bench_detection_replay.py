@@ -11,6 +11,10 @@ the store are left out (docs/evaluation.md, "how the figures were made").
 
     python -m bench.bench_detection_replay --record --jobs 2          # the full grid, once
     python -m bench.bench_detection_replay --jobs 2 --out /tmp/replay  # replay and report
+    python -m bench.bench_detection_replay --jobs 2 --write-docs       # ... into docs/evaluation.md
+
+The report is ``fedsentinel evaluate``'s (:func:`monitor.evaluation.render.render_markdown`):
+targets on the tuned and held-out seeds, conditions, calibration, per fault kind.
 """
 
 from __future__ import annotations
@@ -125,7 +129,8 @@ def replay(path: Path) -> Any:
 
 def main() -> None:
     from monitor.evaluation.grid import SEVERITY, full_grid
-    from monitor.evaluation.targets import render_calibration, render_conditions, render_targets
+    from monitor.evaluation.render import render_markdown, write_markdown
+    from monitor.evaluation.scoring import summaries
     from simulator.scenario import FAULT_KINDS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -133,7 +138,12 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="simulate the cases not recorded yet")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--match", default="", help="only cases whose run id contains this")
-    ap.add_argument("--out", type=Path, help="write replay.md here")
+    ap.add_argument("--out", type=Path, help="write replay.md (the evaluate report) here")
+    ap.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="also write the results into docs/evaluation.md (between its evaluate markers)",
+    )
     args = ap.parse_args()
     kinds = [k for k in FAULT_KINDS if k in SEVERITY]
     tuned, held = full_grid(kinds)
@@ -142,28 +152,39 @@ def main() -> None:
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         if args.record:
-            list(pool.map(record, cases, [args.cache] * len(cases)))
+            _progress(pool.map(record, cases, [args.cache] * len(cases)), len(cases), "record")
         paths = [args.cache / f"{c.run_id}.pkl" for c in cases]
         paths = [p for p in paths if p.exists()]
-        results = dict(zip(paths, pool.map(replay, paths), strict=True))
+        results = dict(
+            zip(paths, _progress(pool.map(replay, paths), len(paths), "replay"), strict=True)
+        )
+    seconds = time.perf_counter() - started
     held_ids = {c.run_id for c in held}
     t = [r for p, r in results.items() if p.stem not in held_ids]
     h = [r for p, r in results.items() if p.stem in held_ids]
-    lines = [
-        f"{len(results)} recorded runs replayed in {time.perf_counter() - started:.0f} s "
-        f"({os.cpu_count()} CPUs, --jobs {args.jobs}).",
-        "",
-        *render_targets({"tuned seeds": t, **({"held-out seeds": h} if h else {})}, kinds),
-        "",
-        *render_conditions(t),
-        "",
-        *render_calibration(t + h),
-    ]
-    text = "\n".join(lines) + "\n"
+    meta = {
+        "runs": len(results),
+        "grid": "the full grid (monitor.evaluation.grid.full_grid), recorded once and replayed "
+        "through the detectors and the finding lifecycle",
+        "seconds": seconds,
+        "jobs": args.jobs,
+        "machine": f"{os.cpu_count()} CPU(s)",
+        "command": "python -m bench.bench_detection_replay"
+        + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+    }
+    text = render_markdown(summaries(t, kinds), t, meta, kinds, h)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "replay.md").write_text(text, encoding="utf-8")
+    if args.write_docs:
+        write_markdown(Path("docs/evaluation.md"), text)
+
+
+def _progress(items: Any, total: int, what: str) -> list[Any]:
+    from rich.progress import track
+
+    return list(track(items, total=total, description=what, transient=True))
 
 
 if __name__ == "__main__":
