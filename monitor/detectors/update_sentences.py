@@ -8,19 +8,21 @@ import numpy as np
 
 from monitor.detectors.base import RoundContext
 from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
-from monitor.detectors.update_stats import UpdateRound
+from monitor.detectors.update_stats import NormSide, UpdateRound
 from monitor.signals import divergence
 
 __all__ = ["divergence_signal", "stale", "free", "nonfinite"]
 
 
 def divergence_signal(
-    ctx: RoundContext, state: Any, u: UpdateRound, score: np.ndarray, i: int
+    ctx: RoundContext, state: Any, u: UpdateRound, ns: NormSide, score: np.ndarray, i: int
 ) -> ActiveSignal:
     th, cid = ctx.th, ctx.ids[i]
     k = int(state.update_anomaly[ctx.idx[i]])
     client_side = bool(u.has_cos[i]) and not bool(u.has_sk[i])
     target = "previous global update (client-side)" if client_side else "aggregate"
+    has_usual = bool(np.isfinite(ns.usual[i]))
+    usual = f"its usual {fmt(ns.usual[i])}x; " if has_usual else "no usual yet; "
     return ActiveSignal(
         kind="update_divergence",
         severity=severity_for(float(score[i]) / th.update_robust_z, th.critical_factor),
@@ -30,13 +32,14 @@ def divergence_signal(
         message=(
             f"client {cid}: update diverges for {k} rounds; cosine to {target} "
             f"{fmt(u.cos[i])} (robust z {fmt(u.z_cos[i], 1)}), norm {fmt(u.norm_ratio[i])}x median "
-            f"(robust z {fmt(u.z_norm[i], 1)}); threshold |z| {fmt(th.update_robust_z, 1)}"
+            f"({usual}robust z {fmt(ns.z[i], 1)}); threshold |z| {fmt(th.update_robust_z, 1)}"
         ),
         details={
             "cosine": json_num(u.cos[i]),
             "cosine_robust_z": json_num(u.z_cos[i]),
             "norm_ratio": json_num(u.norm_ratio[i]),
-            "norm_robust_z": json_num(u.z_norm[i]),
+            "norm_robust_z": json_num(ns.z[i]),
+            "norm_ratio_usual": json_num(ns.usual[i]),
             "streak_rounds": k,
         },
     )

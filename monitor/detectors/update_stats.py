@@ -8,18 +8,22 @@ Secure aggregation (no sketch): a client's own cosine to the previous global
 update stands in for the cosine to the aggregate (one reference direction for
 the whole round, so the within-round robust z means the same), and its repeat
 flag marks a stale update (monitor/signals/update_scalars.py).
+
+The norm side is judged against the client's own usual norm ratio as well as
+the round's (:func:`norm_side`, :mod:`monitor.signals.norm_reference`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from monitor.detectors.base import RoundContext, nan_array
-from monitor.signals import divergence
+from monitor.signals import divergence, norm_reference
 
-__all__ = ["UpdateRound", "update_round"]
+__all__ = ["UpdateRound", "update_round", "NormSide", "norm_side"]
 
 
 @dataclass
@@ -99,3 +103,53 @@ def update_round(ctx: RoundContext, prev_sketch: np.ndarray) -> UpdateRound:
         z_norm=divergence.robust_z(log_norm, good_norm),
         z_cos=divergence.robust_z(cos, has_cos),
     )
+
+
+@dataclass
+class NormSide:
+    """The norm side of update divergence this round (arrays over the round's clients)."""
+
+    z: np.ndarray
+    """Robust z of the move from the client's usual (the round's z before it has one)."""
+    material: np.ndarray
+    """Off by ``update_norm_min_ratio`` from the round and ``update_norm_min_change`` from its
+    usual (or the stricter
+    ``update_norm_unreferenced_ratio`` from the round, before it has a usual)."""
+    usual: np.ndarray
+    """The client's usual norm ratio to the round median (NaN before it has one)."""
+
+
+def norm_side(ctx: RoundContext, state: Any, u: UpdateRound, judged: np.ndarray) -> NormSide:
+    """Judge the norm against the client's own reference, then teach the reference.
+
+    ``state`` carries ``norm_ref`` (log norm ratio) and ``norm_ref_n`` (rounds in
+    it); ``judged``: clients whose update is judged (ok, neither free-riding,
+    stale nor non-finite). Rounds whose norm side is material never teach it, so
+    a client that explodes from its first round keeps the stricter bound.
+    """
+    th, idx = ctx.th, ctx.idx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(np.where(u.norm_ratio > 0, u.norm_ratio, np.nan))
+    ref, cnt = state.norm_ref[idx], state.norm_ref_n[idx]
+    has = cnt >= th.update_norm_reference_rounds
+    use = judged & u.good_norm
+    z, material = norm_reference.self_referenced_norm(
+        lr,
+        u.z_norm,
+        ref,
+        has,
+        use,
+        min_ratio=th.update_norm_min_ratio,
+        min_change=th.update_norm_min_change,
+        unreferenced_ratio=th.update_norm_unreferenced_ratio,
+    )
+    state.norm_ref[idx], state.norm_ref_n[idx] = norm_reference.update_reference(
+        ref,
+        cnt,
+        lr,
+        use & ~material,
+        need=int(th.update_norm_reference_rounds),
+        rate=th.update_norm_reference_rate,
+        band=th.update_norm_reference_band,
+    )
+    return NormSide(z=z, material=material & use, usual=np.where(has, np.exp(ref), np.nan))

@@ -6,6 +6,27 @@ median, each as a robust z-score (median/MAD) within the round; cosine to the
 client's own previous sketch (stale = a repeated update); a near-zero norm
 (free rider); NaN/inf anywhere (docs/signals.md, "Update divergence, stale
 updates, free riders").
+
+The single-round divergence rule (besides the memory of
+:mod:`monitor.detectors.update_memory`): a round is unusual when either side's
+robust z is beyond ``update_robust_z`` *with a material effect*, and
+``update_divergence`` fires after ``update_divergence_min_streak`` unusual
+rounds in a row.
+
+* Norm side. A client with more local data takes more steps and sends a norm
+  3-5x the round's median every round (fewer: a third of it); that is its
+  normal, not a fault, and was the largest share of the benchmark's client
+  false alarms. So once a client has a usual (its log norm ratio to the round
+  median over its first ``update_norm_reference_rounds`` usable rounds, then an
+  EWMA at ``update_norm_reference_rate`` whose step is clipped to
+  ``update_norm_reference_band``) the norm must be ``update_norm_min_ratio``
+  x off the round median *and* ``update_norm_min_change`` x off its usual, away
+  from the median, and the z is the robust z of that move among the other
+  clients' moves from theirs.
+  Before it has a usual, the round's z with the stricter
+  ``update_norm_unreferenced_ratio``. Rounds with a material norm never teach
+  the usual, so a client that explodes from its very first round stays flagged.
+* Cosine side: the cosine ``update_cosine_min_drop`` below the round's median.
 """
 
 from __future__ import annotations
@@ -27,7 +48,7 @@ from monitor.detectors.base import (
     client_field,
     threshold,
 )
-from monitor.detectors.update_stats import update_round
+from monitor.detectors.update_stats import norm_side, update_round
 from monitor.signals import divergence
 
 __all__ = ["UpdateAnomalies", "UpdateThresholds", "UpdateState"]
@@ -40,7 +61,26 @@ class UpdateThresholds(memory.MemoryThresholds):
     )
     update_norm_min_ratio: float = threshold(
         3.0,
-        "The norm side of divergence also needs norm >= this x the round median (or <= 1/this).",
+        "The norm side of divergence also needs norm >= this x the round median (or <= 1/this)...",
+    )
+    update_norm_min_change: float = threshold(
+        1.75,
+        "... and, once the client has a usual norm ratio, a ratio >= this x its usual (or <= "
+        "1/this), away from the median.",
+    )
+    update_norm_reference_rounds: int = threshold(
+        3, "Usable rounds of a client's norm ratio its usual (reference) is first made of."
+    )
+    update_norm_unreferenced_ratio: float = threshold(
+        6.0,
+        "Before a client has a usual norm ratio, the norm side needs norm >= this x the round "
+        "median (or <= 1/this).",
+    )
+    update_norm_reference_rate: float = threshold(
+        0.2, "EWMA weight with which a client's usual norm ratio follows it once made..."
+    )
+    update_norm_reference_band: float = threshold(
+        1.5, "... each round's step clipped to this factor (one round moves it little)."
     )
     update_cosine_min_drop: float = threshold(
         0.5, "The cosine side also needs the cosine this far below the round's median cosine."
@@ -69,6 +109,14 @@ class UpdateState(memory.MemoryState):
     nonfinite_update: np.ndarray = client_field(dtype=np.int64)
     """Streaks (consecutive observed rounds) of each signal."""
 
+    # --- norm reference (update_stats.norm_side) -------------------------------------
+    # additive (no LAYOUT bump, base.DetectorStateBase.unpack): a state stored before
+    # these fields reads with every client at 0 rounds, i.e. no usual yet
+    norm_ref: np.ndarray = client_field()
+    norm_ref_n: np.ndarray = client_field(dtype=np.int64)
+    """The client's usual log norm ratio to the round median, and the rounds in it."""
+    # --- end norm reference ----------------------------------------------------------
+
     @classmethod
     def fresh(cls, cfg: Any, num_clients: int) -> UpdateState:
         out = cls(prev_sketch=np.full((0, cfg.sketch_dim), np.nan, dtype=np.float32))
@@ -87,7 +135,7 @@ class UpdateAnomalies(Detector):
             "The client's update points elsewhere or is far larger/smaller than the round's, for "
             "several rounds.",
             "client c004: update diverges for 2 rounds; cosine to aggregate -0.31 (robust z -6.2), "
-            "norm 1.02x median (robust z 0.1); threshold |z| 3.5",
+            "norm 1.02x median (its usual 0.98x; robust z 0.1); threshold |z| 3.5",
         ),
         FindingKind(
             "stale_update",
@@ -166,9 +214,12 @@ class UpdateAnomalies(Detector):
         )
         # a robust z says "unusual for this round"; when the round's spread is tiny
         # (IID clients) small differences are far out, so each side also needs a
-        # material effect: a norm off by a factor, a cosine well below the round's
+        # material effect: a norm off by a factor from the round and from the
+        # client's own usual (more local data: more steps, a larger norm, every
+        # round), a cosine well below the round's
+        ns = norm_side(ctx, state, u, ok & ~free & ~stale & ~u.nonfinite)
         score = divergence.divergence_score(
-            u.z_norm,
+            ns.z,
             u.norm_ratio,
             u.z_cos,
             u.cos,
@@ -176,6 +227,7 @@ class UpdateAnomalies(Detector):
             z_cap=th.update_robust_z,
             norm_min_ratio=th.update_norm_min_ratio,
             cosine_min_drop=th.update_cosine_min_drop,
+            norm_material=ns.material,
         )
         unusual = (
             ok
@@ -208,7 +260,7 @@ class UpdateAnomalies(Detector):
         ctx.add_anomaly(np.where(stale | free, 1.0, 0.0))
         ctx.mark_infinite_anomaly(u.nonfinite)
         active = [
-            sentences.divergence_signal(ctx, state, u, score, i)
+            sentences.divergence_signal(ctx, state, u, ns, score, i)
             if persistent[i] and unusual[i]
             else memory.memory_divergence(ctx, u, mem, i)
             for i in np.flatnonzero(divergent)

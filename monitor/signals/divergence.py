@@ -179,6 +179,7 @@ def divergence_score(
     z_cap: float,
     norm_min_ratio: float = 3.0,
     cosine_min_drop: float = 0.5,
+    norm_material: np.ndarray | None = None,
 ) -> np.ndarray:
     r"""How far an update is out of line: robust z where the effect is material, capped where not.
 
@@ -193,7 +194,10 @@ def divergence_score(
     with :math:`\rho_i` the norm ratio to the round median, :math:`\tilde{c}`
     the median cosine over ``mask``, ``c = z_cap`` (the alarm line: a capped
     side can reach it but never exceed it), ``R = norm_min_ratio``,
-    ``D = cosine_min_drop``. NaN where both sides are NaN.
+    ``D = cosine_min_drop``. NaN where both sides are NaN. ``norm_material``
+    (bool per client), when given, replaces the test :math:`\max(\rho_i, 1/\rho_i) \ge R`
+    (the update-anomalies detector passes the client's own-reference test of
+    :func:`monitor.signals.norm_reference.self_referenced_norm`).
     """
     z_norm = np.asarray(z_norm, dtype=np.float64)
     rho = np.asarray(norm_ratio, dtype=np.float64)
@@ -202,7 +206,10 @@ def divergence_score(
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.fmax(rho, 1.0 / rho)
     a = np.abs(z_norm)
-    a = np.where(np.nan_to_num(off, nan=0.0) >= norm_min_ratio, a, np.minimum(a, z_cap))
+    far = np.nan_to_num(off, nan=0.0) >= norm_min_ratio
+    if norm_material is not None:
+        far = np.asarray(norm_material, dtype=bool)
+    a = np.where(far, a, np.minimum(a, z_cap))
     m = np.isfinite(cos) if mask is None else (np.asarray(mask, dtype=bool) & np.isfinite(cos))
     med = float(np.median(cos[m])) if m.any() else np.nan
     b = -z_cos
