@@ -13,6 +13,9 @@ simulator for its simulated clients, or by the user's own code before
   neighbouring datasets (one record replaced), and FedAvg sends it anyway.
 * ``eval_loss``, ``eval_accuracy``: the received global model on the client's
   held-out rows. Not noised.
+* ``eval_examples``: number of held-out rows behind ``eval_accuracy`` (optional; the
+  fairness signal allows for the sampling noise of small evaluation sets). Sent as
+  is, like ``num_examples``.
 * ``train_loss``, ``train_accuracy``: the user's train step's own metrics. Not noised.
 * ``wall_time_seconds``: the train step's duration. Not noised.
 * ``update_norm``: ``||w_local - w_global||``. Not noised.

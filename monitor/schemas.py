@@ -233,6 +233,13 @@ class ClientReport(WireModel):
     train_accuracy: Ratio | None = None
     eval_loss: AnyFloat | None = None
     eval_accuracy: Ratio | None = None
+    eval_examples: Count | None = Field(
+        default=None,
+        description=(
+            "Held-out examples behind eval_loss/eval_accuracy (the size of the client's evaluation "
+            "set); lets the fairness signal allow for the sampling noise of small sets."
+        ),
+    )
     local_accuracy: Ratio | None = Field(
         default=None, description="Accuracy of the client's local-only baseline model, if any."
     )

@@ -520,6 +520,7 @@ class Simulation:
                 "train_accuracy": ta_l[i],
                 "eval_loss": el_l[i] / ec_l[i] if ec_l[i] else None,
                 "eval_accuracy": eh_l[i] / ec_l[i] if ec_l[i] else None,
+                "eval_examples": int(ec_l[i]),
                 "wall_time_seconds": float(wall),
                 "update_norm": norms_l[i],
                 "update_sketch": sketches_l[i],

@@ -114,6 +114,39 @@ def test_fairness_threshold_follows_the_noise_of_small_evaluation_sets():
     assert min(limits) > 0.02  # wider than the base threshold: the noise is large
 
 
+def _cohort_falls(d, t, examples: float, cohort=(3, 11, 17), everyone=False):
+    """30 clients near 75% on ``examples`` held-out rows each; from round 8 a cohort of 3 (10%)
+    loses 10 points a round (the mean of all clients falls), the others gain 0.3 a round."""
+    base = 0.75 + 0.003 * t + 0.01 * np.sin(np.arange(30))
+    fall = 0.1 * max(0, t - 7)
+    base[list(cohort)] -= fall
+    if everyone:
+        base -= fall
+    d.eval_accuracy[:] = np.clip(base, 0, 1)
+    d.eval_examples[:] = examples
+
+
+def test_a_cohort_regression_fires_although_it_pulls_the_mean_down():
+    out = _run(
+        SyntheticFederation(30, alpha=0.5, seed=9), 16, lambda d, t: _cohort_falls(d, t, 500)
+    )
+    fair = _signals(out, "fairness_regression")
+    assert fair and 9 <= fair[0][0] <= 11, fair
+    first = fair[0][1]
+    assert first.details["mean_change"] < 0 < first.details["rest_change"]
+    assert "the other 90% of clients +" in first.message
+
+
+def test_a_fall_of_every_client_or_of_tiny_evaluation_sets_is_no_fairness_regression():
+    fed = SyntheticFederation(30, alpha=0.5, seed=9)
+    everyone = _run(fed, 16, lambda d, t: _cohort_falls(d, t, 500, everyone=True))
+    assert not _signals(everyone, "fairness_regression")  # a global fall: the others fall too
+    # the same cohort fall, measured on 3 examples a client: within its binomial noise
+    tiny = _run(fed, 12, lambda d, t: _cohort_falls(d, t, 3))
+    assert not _signals(tiny, "fairness_regression")
+    assert min(a.round_scores["fairness_worst10_threshold"] for a in tiny[6:]) > 0.3
+
+
 def test_stagnation_tells_converged_from_stuck():
     fed = SyntheticFederation(20, alpha=0.5, seed=2)
     rounds = 30

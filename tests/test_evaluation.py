@@ -238,3 +238,49 @@ def test_quick_grid_through_the_real_service(tmp_path):
     assert sum(r["federation_false_alarms"] for r in healthy) == 0
     text = (tmp_path / "evaluation.md").read_text()
     assert "Targets (issue 11)" in text and "By condition" in text
+
+
+def test_calibration_table_groups_healthy_runs_by_size_and_alpha() -> None:
+    """Run-level false alarms per 1,000 run-rounds by federation size bucket and Dirichlet
+    alpha; a run with a client-level fault counts in the second row of its size, a run with a
+    federation-level fault in none."""
+    from monitor.evaluation.targets import render_calibration
+
+    def run(rid: str, n: int, alpha: float, truth=(), findings=()):  # type: ignore[no-untyped-def]
+        return score_run(
+            list(truth), list(findings), run_id=rid, client_ids=[f"c{i}" for i in range(n)],
+            rounds=20, alpha=alpha, seed=0,
+        )  # fmt: skip
+
+    page = {
+        "kind": "fairness_regression",
+        "client_id": None,
+        "first_round": 9,
+        "severity": "warning",
+    }
+    info = {**page, "severity": "info"}
+    drift = {"client_id": "c1", "fault": "label_drift", "onset_round": 5}
+    cohort = {"client_id": "c1", "fault": "fairness_regression", "onset_round": 5}
+    lines = render_calibration(
+        [
+            run("a", 30, 0.1, findings=[page]),
+            run("b", 40, 100),
+            run("c", 30, 0.1, truth=[drift], findings=[info]),
+            run("d", 30, 0.1, truth=[cohort], findings=[page]),
+            run("e", 200, 0.1),
+            run("f", 1000, 100, findings=[page, page]),
+        ]
+    )
+    assert lines[0] == "| clients | runs | alpha 0.1 | alpha 100 | all | by kind |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert list(rows) == [
+        "1-50, healthy", "1-50, no federation fault", "51-200, healthy",
+        "51-200, no federation fault", "201-1,000, healthy", "201-1,000, no federation fault",
+    ]  # fmt: skip
+    assert (
+        "| 2 | 1 in 20 (50.00 / 1,000) | 0 in 20 (0.00 / 1,000) | 1 in 40 " in rows["1-50, healthy"]
+    )
+    assert "| 3 | 1 in 40 (25.00 / 1,000) |" in rows["1-50, no federation fault"]
+    assert (
+        "fairness_regression 2" in rows["201-1,000, healthy"] and "| - |" in rows["51-200, healthy"]
+    )

@@ -285,6 +285,7 @@ class MonitorMod:
             loss, accuracy = self.evaluate(global_arrays, data.X_heldout, data.y_heldout)
             stats["eval_loss"] = float(loss)
             stats["eval_accuracy"] = float(accuracy)
+            stats["eval_examples"] = len(data.y_heldout)
         scalars = str(settings.get("run_id", "")) if settings.get("client_scalars") else None
         if global_arrays is None:
             return None, [], scalars

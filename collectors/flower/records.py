@@ -40,6 +40,7 @@ STAT_FIELDS = (
     "train_accuracy",
     "eval_loss",
     "eval_accuracy",
+    "eval_examples",
     "wall_time_seconds",
     "update_norm",
     "update_cosine_previous_global",

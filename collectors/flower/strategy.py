@@ -407,8 +407,10 @@ class MonitoredStrategy(Strategy):
             value = stats.get(name)
             if value is None:
                 continue
-            if name == "num_examples":
-                report[name] = int(value)
+            if name in ("num_examples", "eval_examples"):
+                n = as_float(value)
+                if n is not None and math.isfinite(n) and n >= 0:
+                    report[name] = int(n)
             elif name == "update_repeated":
                 report[name] = bool(value)
             elif name in ("train_accuracy", "eval_accuracy"):
@@ -466,6 +468,7 @@ class MonitoredStrategy(Strategy):
         state = self._round
         if state is not None and state.server_round != server_round:
             state = None
+        weight_key = getattr(self.strategy, "weighted_by_key", "num-examples")
         for reply in replies:
             if reply.has_error() or not reply.has_content():
                 continue
@@ -479,10 +482,16 @@ class MonitoredStrategy(Strategy):
             loss = first_number(metrics, self.eval_loss_keys)
             acc = finite_ratio(first_number(metrics, self.eval_accuracy_keys))
             # The mod's evaluation (global model received for training) takes precedence.
+            from_reply = "eval_loss" not in report and "eval_accuracy" not in report
             if "eval_loss" not in report and loss is not None:
                 report["eval_loss"] = loss
             if "eval_accuracy" not in report and acc is not None:
                 report["eval_accuracy"] = acc
+            if from_reply and (loss is not None or acc is not None):
+                # EvaluateRes.num_examples: the size of the set that accuracy was measured on
+                n = as_float((metrics or {}).get(weight_key))
+                if n is not None and math.isfinite(n) and n >= 0:
+                    report["eval_examples"] = int(n)
 
     def _on_evaluate_aggregate(
         self, server_round: int, metrics: Any, centralized: bool = False

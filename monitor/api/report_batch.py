@@ -99,6 +99,7 @@ class _Scalars(Struct, forbid_unknown_fields=True):
     histogram_noise: Noise | None = None
     clipped: bool | None = None
     update_repeated: bool | None = None
+    eval_examples: Count | None = None
 
 
 class JsonReport(_Scalars, forbid_unknown_fields=True):
@@ -249,6 +250,7 @@ def _scalar_picker(struct: type[_Scalars]) -> Callable[[_Scalars], tuple]:
     fields = struct.__struct_fields__
     before = operator.itemgetter(*(fields.index(k) for k in SCALARS[:12]))
     clipped = fields.index("clipped")
+    examples = fields.index("eval_examples")
     noise_at = fields.index("histogram_noise")
     floats = [SCALARS.index(k) for k in _ANY_FLOAT]
 
@@ -260,7 +262,7 @@ def _scalar_picker(struct: type[_Scalars]) -> Callable[[_Scalars], tuple]:
                 head[i] = scalar_float(head[i])
         noise = values[noise_at]
         noise_values = None if noise is None else msgspec.structs.astuple(noise)
-        return (*head, *noise_columns(noise_values), values[clipped])
+        return (*head, *noise_columns(noise_values), values[clipped], values[examples])
 
     return pick
 

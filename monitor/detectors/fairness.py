@@ -1,9 +1,17 @@
 """Fairness across clients: accuracy spread each round, and a regression over a window.
 
-A fairness regression is the mean client accuracy rising while the mean of
-the worst 10% falls, over ``fairness_window`` rounds (least-squares changes):
-the average hides the minority getting worse. Per-client benefit of
-federation (global-model accuracy minus a reported local-only baseline).
+A fairness regression is the worst 10% of clients getting worse while the
+other 90% hold or improve, over ``fairness_window`` rounds (least-squares
+changes): the average hides the minority getting worse. The others, not the
+mean of everyone, are the reference: a cohort of 10% whose accuracy falls by 60
+points pulls the mean of all clients down by 6, more than the majority gains, so
+"the mean rises" would never hold for the very regression it is meant to show
+(in the benchmark grid the federation finding fired in 1 of 13 such runs with
+the mean, in 10 of 13 with the rest; the 3 left are alpha 0.1, where the worst
+decile is clients already near 0% on a handful of examples). A fall of every
+client is a global problem (``global_stagnation``, performance drift), not a
+fairness one. Per-client benefit of federation (global-model accuracy minus a
+reported local-only baseline).
 
 The worst decile of 20-50 clients is 2-5 clients, each evaluated on a few dozen
 held-out examples: it moves by several points from round to round by chance. So
@@ -63,6 +71,9 @@ class FairnessThresholds:
 class FairnessState(DetectorStateBase):
     mean_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     worst_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rest_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Mean of the clients outside the worst decile (added later: a stored state without it
+    starts this history empty, and the regression test waits until it spans the window)."""
 
 
 def _ratio(name: str, metric_stem: str, help: str) -> RoundScore:
@@ -75,9 +86,9 @@ class Fairness(Detector):
         FindingKind(
             "fairness_regression",
             "federation",
-            "Mean client accuracy rises while the worst 10% of clients get worse.",
-            "round 18: mean accuracy +1.2 pts over 5 rounds while the worst 10% fell 4.1 pts (to "
-            "38%); threshold 2.0 pts",
+            "The worst 10% of clients get worse while the other 90% hold or improve.",
+            "round 18: the other 90% of clients +1.2 pts over 5 rounds while the worst 10% fell "
+            "4.1 pts (to 38%); threshold 2.0 pts",
         ),
     )
     Thresholds = FairnessThresholds
@@ -144,6 +155,12 @@ class Fairness(Detector):
             "Change of the mean client accuracy over the fairness window.",
         ),
         _ratio(
+            "fairness_rest_change",
+            "fairness_rest_change_ratio",
+            "Change of the mean accuracy of the clients outside the worst decile over the "
+            "fairness window.",
+        ),
+        _ratio(
             "fairness_worst10_change",
             "fairness_worst_decile_change_ratio",
             "Change of the worst-decile mean client accuracy over the fairness window.",
@@ -172,18 +189,22 @@ class Fairness(Detector):
         state.worst_history = np.append(state.worst_history, fs["accuracy_worst10_mean"])[
             -HISTORY_CAP:
         ]
-        mean_ch, worst_ch = math.nan, math.nan
+        rest = fairness.rest_fraction_mean(np.where(ok, data.eval_accuracy, np.nan))
+        state.rest_history = np.append(state.rest_history, rest)[-HISTORY_CAP:]
+        mean_ch, worst_ch, rest_ch = math.nan, math.nan, math.nan
         w = th.fairness_window
-        if w >= 2 and state.mean_history.size >= w:
+        if w >= 2 and state.mean_history.size >= w and state.rest_history.size >= w:
             mean_ch, worst_ch = fairness.fairness_regression(
                 state.mean_history[-w:], state.worst_history[-w:]
             )
+            rest_ch = fairness.window_slope(state.rest_history[-w:]) * (w - 1)
         limit, noise_sd = _noise_aware_limit(ctx, state, w)
         rs["fairness_mean_change"] = mean_ch
+        rs["fairness_rest_change"] = rest_ch
         rs["fairness_worst10_change"] = worst_ch
         rs["fairness_worst10_threshold"] = limit
         active = []
-        if mean_ch > 0 and worst_ch < -limit:
+        if rest_ch > 0 and worst_ch < -limit:
             drop = -worst_ch
             active.append(
                 ActiveSignal(
@@ -193,7 +214,7 @@ class Fairness(Detector):
                     score=drop,
                     threshold=limit,
                     message=(
-                        f"round {ctx.round}: mean accuracy {'+' if mean_ch >= 0 else ''}{fmt(100 * mean_ch, 1)} pts "
+                        f"round {ctx.round}: the other 90% of clients +{fmt(100 * rest_ch, 1)} pts "
                         f"over {w} rounds while the worst 10% fell {fmt(100 * drop, 1)} pts "
                         f"(to {pct(fs['accuracy_worst10_mean'])}); threshold {fmt(100 * limit, 1)} pts "
                         f"({fmt(100 * th.fairness_worst_drop, 1)} + {fmt(th.fairness_noise_z, 1)} sd of its "
@@ -201,6 +222,7 @@ class Fairness(Detector):
                     ),
                     details={
                         "mean_change": mean_ch,
+                        "rest_change": rest_ch,
                         "worst10_change": worst_ch,
                         "window_rounds": w,
                         "noise_sd": noise_sd,
@@ -217,10 +239,7 @@ def _noise_aware_limit(ctx: RoundContext, state: FairnessState, window: int) -> 
     """(threshold on the worst-decile fall, sd of the fall's sampling noise); see the module docstring."""
     th, data = ctx.th, ctx.data
     acc = np.where(ctx.ok, data.eval_accuracy, np.nan)
-    examples = getattr(data, "eval_examples", None)
-    binomial = (
-        fairness.worst_fraction_noise_sd(acc, examples, 0.1) if examples is not None else math.nan
-    )
+    binomial = fairness.worst_fraction_noise_sd(acc, data.eval_examples, 0.1)
     series = fairness.series_noise_sd(state.worst_history)
     sigma = float(np.nanmax([binomial, series, 0.0]))
     change_sd = fairness.change_noise_sd(sigma, window)

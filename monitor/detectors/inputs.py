@@ -94,6 +94,7 @@ class RoundInput:
     eval_loss: np.ndarray
     eval_accuracy: np.ndarray
     local_accuracy: np.ndarray
+    eval_examples: np.ndarray
     wall_time_seconds: np.ndarray
     update_norm: np.ndarray
     clipped: np.ndarray
@@ -135,6 +136,7 @@ class RoundInput:
             eval_loss=_nan(n),
             eval_accuracy=_nan(n),
             local_accuracy=_nan(n),
+            eval_examples=_nan(n),
             wall_time_seconds=_nan(n),
             update_norm=_nan(n),
             clipped=_nan(n),
@@ -172,6 +174,7 @@ class RoundInput:
             d.eval_loss[i] = num(r.eval_loss)
             d.eval_accuracy[i] = num(r.eval_accuracy)
             d.local_accuracy[i] = num(r.local_accuracy)
+            d.eval_examples[i] = num(r.eval_examples)
             d.wall_time_seconds[i] = num(r.wall_time_seconds)
             d.update_norm[i] = num(r.update_norm)
             d.clipped[i] = np.nan if r.clipped is None else float(r.clipped)
@@ -216,6 +219,7 @@ class RoundInput:
             "eval_loss",
             "eval_accuracy",
             "local_accuracy",
+            "eval_examples",
             "wall_time_seconds",
             "update_norm",
             "clipped",

@@ -154,30 +154,57 @@ def render_conditions(runs: Sequence[RunResult]) -> list[str]:
     return lines
 
 
+SIZE_BUCKETS = ((1, 50), (51, 200), (201, 1000), (1001, None))
+"""Federation sizes the calibration table groups runs by (the grid: 20-50, 200 and 1,000 clients)."""
+
+
+def _bucket(n: int) -> tuple[int, str]:
+    """(order, label) of the size bucket of an ``n``-client federation."""
+    for i, (lo, hi) in enumerate(SIZE_BUCKETS):
+        if n >= lo and (hi is None or n <= hi):
+            return i, (f"{lo:,}-{hi:,}" if hi is not None else f"over {lo - 1:,}")
+    return len(SIZE_BUCKETS), str(n)
+
+
+def _rate(group: Sequence[RunResult]) -> str:
+    if not group:
+        return "-"
+    n = sum(r.federation_false_alarms for r in group)
+    rr = sum(r.healthy_run_rounds for r in group)
+    return f"{n} in {rr:,} ({_fmt(1000 * n / rr if rr else math.nan)} / 1,000)"
+
+
 def render_calibration(runs: Sequence[RunResult]) -> list[str]:
-    """Run-level false alarms of the healthy runs by federation size (condition) and Dirichlet alpha."""
-    healthy = [r for r in runs if r.healthy]
-    alphas = sorted({r.alpha for r in healthy if r.alpha is not None})
-    conds = sorted({r.condition for r in healthy})
+    """Calibration measured: false alarms of the run-level (federation) thresholds per 1,000
+    run-rounds, by federation size (:data:`SIZE_BUCKETS`) and Dirichlet alpha.
+
+    Two rows per size: the healthy runs (any participation or noise condition), and every run
+    without a federation-level fault (a client-level fault must not page at federation level
+    either, unless it is marked as explained)."""
+    scored = [r for r in runs if r.healthy_run_rounds]
+    alphas = sorted({r.alpha for r in scored if r.alpha is not None})
+    sizes = sorted({_bucket(r.num_clients) for r in scored})
     lines = [
-        "| condition | " + " | ".join(f"alpha {a:g}" for a in alphas) + " | by kind |",
-        "|---|" + "---|" * (len(alphas) + 1),
+        "| clients | runs | " + " | ".join(f"alpha {a:g}" for a in alphas) + " | all | by kind |",
+        "|---|---|" + "---|" * (len(alphas) + 2),
     ]
-    for c in conds:
-        cells = []
-        for a in alphas:
-            group = [r for r in healthy if r.condition == c and r.alpha == a]
+    for size in sizes:
+        for label, keep in (
+            ("healthy", lambda r: r.healthy),
+            ("no federation fault", lambda r: True),
+        ):
+            group = [r for r in scored if _bucket(r.num_clients) == size and keep(r)]
             if not group:
-                cells.append("-")
                 continue
-            n = sum(r.federation_false_alarms for r in group)
-            rr = sum(r.healthy_run_rounds for r in group)
-            cells.append(f"{n} in {rr} ({_fmt(1000 * n / rr if rr else math.nan)} / 1,000)")
-        kinds: dict[str, int] = {}
-        for r in healthy:
-            if r.condition == c:
+            cells = [_rate([r for r in group if r.alpha == a]) for a in alphas]
+            kinds: dict[str, int] = {}
+            for r in group:
                 for k, v in r.federation_false_alarms_by_kind.items():
                     kinds[k] = kinds.get(k, 0) + v
-        by_kind = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"
-        lines.append(f"| {c} | " + " | ".join(cells) + f" | {by_kind} |")
+            by_kind = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"
+            lines.append(
+                f"| {size[1]}, {label} | {len(group)} | "
+                + " | ".join(cells)
+                + f" | {_rate(group)} | {by_kind} |"
+            )
     return lines

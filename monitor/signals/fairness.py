@@ -11,6 +11,7 @@ __all__ = [
     "gini",
     "jain_index",
     "worst_fraction_mean",
+    "rest_fraction_mean",
     "fairness_summary",
     "window_slope",
     "fairness_regression",
@@ -78,6 +79,16 @@ def worst_fraction_mean(x: np.ndarray, fraction: float = 0.1) -> float:
     return float(np.partition(v, k - 1)[:k].mean())
 
 
+def rest_fraction_mean(x: np.ndarray, fraction: float = 0.1) -> float:
+    """Mean of the values other than the worst ``ceil(fraction * n)`` (the rest of
+    :func:`worst_fraction_mean`); NaN when nothing is left."""
+    v = _finite(x)
+    k = max(1, math.ceil(fraction * v.size))
+    if v.size <= k:
+        return math.nan
+    return float(np.partition(v, k - 1)[k:].mean())
+
+
 def fairness_summary(
     accuracy: np.ndarray, floor: float = 0.5, fraction: float = 0.1
 ) -> dict[str, float]:
@@ -122,15 +133,16 @@ def window_slope(y: np.ndarray) -> float:
 
 
 def fairness_regression(mean_history: np.ndarray, worst_history: np.ndarray) -> tuple[float, float]:
-    r"""Change of the mean and of the worst-decile accuracy over a window.
+    r"""Change of a reference accuracy series and of the worst-decile accuracy over a window.
 
     Each is the least-squares slope times ``(window - 1)``: the fitted change
     from the first to the last round of the window, less noisy than
-    last-minus-first. A fairness regression is ``mean_change > 0`` while
-    ``worst_change < -threshold``: the federation looks better on average while
-    its worst clients get worse.
+    last-minus-first. The reference is the mean of the clients, or (as the
+    detector uses it) of the clients outside the worst decile
+    (:func:`rest_fraction_mean`): a fairness regression is the others holding or
+    improving while ``worst_change < -threshold``.
 
-    Returns ``(mean_change, worst_change)``; NaN with fewer than two rounds.
+    Returns ``(reference_change, worst_change)``; NaN with fewer than two rounds.
     """
     w = len(mean_history)
     return window_slope(mean_history) * (w - 1), window_slope(worst_history) * (w - 1)

@@ -272,6 +272,7 @@ def report_out(row: ClientReportRow, config: RunCreate, compacted: bool = False)
         num_examples=row.num_examples,
         train_accuracy=row.train_accuracy,
         eval_accuracy=row.eval_accuracy,
+        eval_examples=row.eval_examples,
         local_accuracy=row.local_accuracy,
         wall_time_seconds=row.wall_time_seconds,
         update_sketch=None if sketch is None else sketch.tolist(),

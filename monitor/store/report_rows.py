@@ -47,10 +47,13 @@ SCALARS = (
     "noise_scale",
     "noise_json",
     "clipped",
+    "eval_examples",
 )
 """The scalar values of a report, in the order :func:`prepare` takes them."""
 ARRAYS = ("update_sketch", "label_histogram", "feature_histograms")
 MAY_BE_NONFINITE = ("train_loss", "eval_loss", "update_norm", "update_cosine_previous_global")
+_EVAL_EXAMPLES = SCALARS.index("eval_examples")
+assert len(SCALARS) - 1 == _EVAL_EXAMPLES, "eval_examples is the last scalar (see prepare)"
 _NONFINITE_AT = tuple((SCALARS.index(name), name) for name in MAY_BE_NONFINITE)
 COLUMNS = (*SCALARS, *ARRAYS, "nonfinite", "content_hash")
 """Columns of a prepared row after ``run_id, round, received_at`` (see :mod:`monitor.store.writes`)."""
@@ -130,8 +133,11 @@ def prepare(
     nonfinite = json.dumps(special, sort_keys=True) if special else None
     # The stored scalars and which of them were non-finite, then the arrays' lengths (the
     # same floats split differently between arrays differ) and bytes.
+    # ``eval_examples`` (added later) is hashed only when sent: a resend of a report stored
+    # before it existed keeps its digest.
+    hashed = values if values[_EVAL_EXAMPLES] is not None else values[:_EVAL_EXAMPLES]
     digest = hashlib.sha256(
-        orjson.dumps((values, nonfinite, [None if b is None else len(b) for b in blobs]))
+        orjson.dumps((hashed, nonfinite, [None if b is None else len(b) for b in blobs]))
     )
     for blob in blobs:
         if blob:
@@ -169,6 +175,7 @@ def prepare_model(report: ClientReport) -> PreparedReport:
         report.update_repeated,
         *noise_columns(noise_values),
         report.clipped,
+        report.eval_examples,
     )
     arrays = (
         _block(report.update_sketch),

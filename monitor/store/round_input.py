@@ -16,6 +16,7 @@ from monitor.store.tables import ClientReportRow, RoundRow
 _SCALARS = (
     "num_examples", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
     "local_accuracy", "wall_time_seconds", "update_norm", "update_cosine_previous_global",
+    "eval_examples",
 )
 
 

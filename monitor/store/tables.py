@@ -88,6 +88,7 @@ class ClientReportRow(SQLModel, table=True):
     noise_json: str | None = None
     """The whole ``histogram_noise`` declaration (calibration parameters included), as sent."""
     clipped: bool | None = None
+    eval_examples: int | None = None
     nonfinite: str | None = None
 
 

@@ -137,6 +137,10 @@ def test_nonfinite_fault_evidence_is_stored_as_such(api) -> None:
         ("client_id", "x" * 200, "pattern"),
         ("status", "exploded", "'ok', 'failed', 'dropped' or 'timeout'"),
         ("num_examples", "many", "valid integer"),
+        ("eval_examples", -1, "greater than or equal to 0"),
+        ("eval_examples", 12.5, "valid integer"),
+        ("eval_examples", "many", "valid integer"),
+        ("eval_examples", 2**31, "less than or equal to 2147483647"),
     ],
 )
 def test_invalid_report_fields_get_422(api, field: str, value: object, message: str) -> None:

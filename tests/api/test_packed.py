@@ -150,6 +150,8 @@ def test_wrong_length_gets_422_naming_the_field_and_the_run(api) -> None:
         ({"client_id": "bad id"}, ("client_id",), "matching regex"),
         ({"status": "exploded"}, ("status",), "exploded"),
         ({"surprise": 1}, (), "surprise"),
+        ({"eval_examples": -3}, ("eval_examples",), ">= 0"),
+        ({"eval_examples": 2.5}, ("eval_examples",), "Expected `int"),
     ],
 )
 def test_invalid_packed_fields_get_422_naming_the_field(
@@ -290,3 +292,48 @@ def test_the_schema_path_and_the_fast_path_agree_on_identity(api) -> None:
     again = api.post(REPORTS, json={"reports": [finite]})
     assert again.json()["duplicates"] == 1
     assert _post_packed(api, [finite]).json()["duplicates"] == 1
+
+
+def test_eval_examples_through_both_paths(api) -> None:
+    """The evaluation-set size is stored and returned alike from JSON and packed bodies, and a
+    report without it keeps the digest it had before the field existed (a spool replayed
+    across the upgrade is still a duplicate)."""
+    from monitor.store.report_rows import prepare_model
+
+    api.post(f"{API}/runs", json=run_spec())
+    body = report("c1", eval_examples=48)
+    assert api.post(REPORTS, json={"reports": [body]}).json()["accepted"] == 1
+    assert _post_packed(api, [body]).json()["duplicates"] == 1
+    assert _history(api)[0]["eval_examples"] == 48
+    assert _post_packed(api, [report("c2", eval_examples=0)]).json()["accepted"] == 1
+    assert _history(api, "c2")[0]["eval_examples"] == 0
+    assert api.post(REPORTS, json={"reports": [report("c3")]}).json()["accepted"] == 1
+    assert _history(api, "c3")[0]["eval_examples"] is None
+    # another evaluation-set size is another report
+    assert api.post(REPORTS, json={"reports": [report("c1", eval_examples=49)]}).status_code == 409
+    without = prepare_model(ClientReport.model_validate(report("c1"))).digest
+    assert without == "2:8c2fa414482ee60e37fd310fd6e5820b7f84b969335fa414e3bd13a6f7cf4c"
+
+
+def test_eval_examples_reach_the_detectors_from_the_store(api, store) -> None:
+    """What the engine analyses (the stored round as arrays) carries the evaluation-set sizes,
+    NaN for a client that did not send one, exactly as RoundInput.from_reports builds them."""
+    import math
+
+    from monitor.detectors import RoundInput
+    from monitor.store.round_input import load_round_input
+    from monitor.store.tables import RoundRow
+    from monitor.store.writes import load_run_config
+
+    api.post(f"{API}/runs", json=run_spec())
+    reports = [report("c1", eval_examples=30), report("c2", seed=1)]
+    api.post(REPORTS, json={"reports": reports})
+    assert api.post(f"{API}/runs/run-1/rounds/1/close", json={}).status_code == 200
+    with store.read_session() as session:
+        config = load_run_config(session, "run-1")
+        data = load_round_input(session, config, session.get(RoundRow, ("run-1", 1)))
+    assert data.eval_examples[0] == 30 and math.isnan(data.eval_examples[1])
+    built = RoundInput.from_reports(
+        1, [ClientReport.model_validate(r) for r in reports], None, config
+    )
+    np.testing.assert_array_equal(built.eval_examples, data.eval_examples)

@@ -461,3 +461,30 @@ def test_a_restarted_node_keeps_its_client_id_over_its_old_node_id() -> None:
     assert (
         reports["client-2"]["status"] == "ok" and reports["client-2@node-2"]["status"] == "timeout"
     )
+
+
+def test_eval_examples_come_from_the_mod_or_the_evaluate_reply(monkeypatch) -> None:
+    """The size of the set behind eval_accuracy: the mod's held-out rows when the mod evaluated,
+    else the evaluate reply's num-examples (Flower's EvaluateRes.num_examples)."""
+    import sys
+
+    here = sys.modules[__name__]
+
+    def evaluate_on_7(msg: Message, context: Context) -> Message:
+        metrics = MetricRecord({"eval_loss": 0.5, "eval_acc": 0.8, "num-examples": 7})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    monkeypatch.setattr(here, "client_evaluate", evaluate_on_7)
+    sink = RecordingSink()
+    strategy = MonitoredStrategy(FedAvg(), monitor=sink, run=spec())
+    full_round(strategy, 1, {1: 1, 2: 2})
+    monkeypatch.setattr(
+        here, "mod", lambda: monitor_mod(data=lambda ctx, rnd: data_for(ctx.node_id))
+    )
+    full_round(strategy, 2, {1: 1, 2: 2})
+    strategy.close()
+    by_mod, by_reply = sent_reports(sink, 1), sent_reports(sink, 2)
+    assert [(r["eval_accuracy"], r["eval_examples"]) for r in by_mod] == [(0.6, 10)] * 2
+    assert [(r["eval_accuracy"], r["eval_examples"]) for r in by_reply] == [(0.8, 7)] * 2
+    for r in by_mod + by_reply:
+        validate_report_against_run(ClientReport.model_validate(r), spec())

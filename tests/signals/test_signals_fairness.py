@@ -82,3 +82,18 @@ def test_series_noise_and_change_noise_sd():
     assert change_noise_sd(sigma, w) == pytest.approx(np.std(changes), rel=0.03)
     assert change_noise_sd(sigma, w) == pytest.approx(1.2649 * sigma, rel=1e-3)
     assert np.isnan(change_noise_sd(sigma, 1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 10, 11, 37])
+def test_rest_fraction_mean_is_the_mean_outside_the_worst_fraction(n):
+    x = np.random.default_rng(n).uniform(0, 1, size=n)
+    k = max(1, math.ceil(0.1 * n))
+    brute = sorted(x)[k:]
+    got = fa.rest_fraction_mean(np.append(x, np.nan), 0.1)
+    if not brute:
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(sum(brute) / len(brute), rel=1e-12)
+        # the worst fraction and the rest make up the whole
+        w = fa.worst_fraction_mean(x, 0.1)
+        assert (k * w + (n - k) * got) / n == pytest.approx(x.mean(), rel=1e-12)

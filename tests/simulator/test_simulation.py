@@ -71,6 +71,10 @@ def test_demo_runs_fast_validates_and_injects_its_faults(tmp_path) -> None:
     assert result.final_accuracy > 0.85
     assert result.local_accuracy is not None and len(result.local_accuracy) == 30
     assert all("local_accuracy" in d for d in sink.reports[1])
+    for d in sink.reports[1]:  # the held-out set's size: accuracy is a count of it
+        n = d["eval_examples"]
+        assert isinstance(n, int) and n > 0
+        assert d["eval_accuracy"] * n == pytest.approx(round(d["eval_accuracy"] * n), abs=1e-9)
     assert {t["client_id"] for t in result.ground_truth} == {"c003", "c011", "c020", "c021", "c022"}
     assert (tmp_path / "demo.truth.json").exists()
 
