@@ -229,7 +229,7 @@ def test_participation_drop_and_fairness_regression():
     assert out[5].round_scores["participation_ratio"] == 0.5
     fr = seen[("fairness_regression", None)]
     assert 21 <= fr[0] <= 23, fr
-    assert all(a.round_scores["fairness_rest_change"] > 0 for a in out[fr[0] - 1 :])
+    assert all(a.round_scores["fairness_mean_change"] > 0 for a in out[fr[0] - 1 :])
     assert "fairness_regression" not in {k[0] for k, v in seen.items() if v[0] < 20}
 
 

@@ -145,6 +145,12 @@ def test_a_fall_of_every_client_or_of_tiny_evaluation_sets_is_no_fairness_regres
     tiny = _run(fed, 12, lambda d, t: _cohort_falls(d, t, 3))
     assert not _signals(tiny, "fairness_regression")
     assert min(a.round_scores["fairness_worst10_threshold"] for a in tiny[6:]) > 0.3
+    # no counts reported: no binomial term, so the stricter gate (the mean of all must rise):
+    # the fall shows only while the mean's fitted change is still positive
+    uncounted = _run(fed, 16, lambda d, t: _cohort_falls(d, t, np.nan))
+    fired = _signals(uncounted, "fairness_regression")
+    assert all(s.details["mean_change"] > 0 and "mean accuracy +" in s.message for _, s in fired)
+    assert uncounted[-1].round_scores["fairness_mean_change"] < 0 and fired[-1][0] < 16
 
 
 def test_stagnation_tells_converged_from_stuck():
