@@ -590,11 +590,14 @@ def test_straggler_needs_a_high_z_and_a_material_ratio():
     """Near-identical wall times have a tiny MAD: a client 4% slower is far out in z, yet no straggler."""
     fed = SyntheticFederation(30, alpha=0.5, seed=2)
     run = fed.run()
-    d = fed.round(1)
+    d0 = fed.round(1)
+    d0.wall_time_seconds[:] = 0.100
+    st = analyze_round(run, Thresholds(), DetectorState(), d0).state  # each client's own time
+    d = fed.round(2)
     d.wall_time_seconds[:] = 0.100 * np.exp(np.linspace(-0.002, 0.002, d.n))
     d.wall_time_seconds[4] = 0.104  # robust z ~ 20, ratio 1.04
-    d.wall_time_seconds[7] = 0.400  # robust z huge, ratio 4
-    a = analyze_round(run, Thresholds(), DetectorState(), d)
+    d.wall_time_seconds[7] = 0.400  # robust z huge, ratio 4, 4x its own time
+    a = analyze_round(run, Thresholds(), st, d)
     z = a.client_scores["wall_time_robust_z"]
     assert z[4] > Thresholds().straggler_robust_z
     assert a.client_scores["wall_time_ratio"][4] == pytest.approx(1.04, rel=1e-2)
@@ -603,11 +606,44 @@ def test_straggler_needs_a_high_z_and_a_material_ratio():
     msg = next(s.message for s in a.active if s.kind == "straggler")
     assert "4.0x the median 0.1 s" in msg
     # the ratio is a documented, overridable threshold
-    loose = Thresholds().with_overrides({"straggler_min_ratio": 1.0})
-    a = analyze_round(run, loose, DetectorState(), d)
+    loose = Thresholds().with_overrides(
+        {"straggler_min_ratio": 1.0, "straggler_min_own_ratio": 1.0}
+    )
+    a = analyze_round(run, loose, st, d)
     assert {d.client_ids[4], d.client_ids[7]} <= {
         s.client_id for s in a.active if s.kind == "straggler"
     }
+
+
+def test_straggler_is_judged_against_the_clients_own_time():
+    """A client 5x the median every round (more data, a slow device) is the client, not a
+    straggler; the same client 11x slower than itself from round 6 is one; a client 15x the
+    median from its first round is reported though it has no history (extreme)."""
+    fed = SyntheticFederation(40, alpha=0.5, seed=2)
+    run, st, seen = fed.run(), DetectorState(), {}
+    rng = np.random.default_rng(0)
+    for t in range(1, 11):
+        d = fed.round(t)
+        d.wall_time_seconds[:] = 0.1 * rng.lognormal(0.0, 0.1, d.n)
+        d.wall_time_seconds[3] *= 5.0 * (11.0 if t >= 6 else 1.0)
+        d.wall_time_seconds[9] *= 5.0  # slow every round: never a straggler
+        d.wall_time_seconds[12] *= 15.0  # extreme from the start
+        a = analyze_round(run, Thresholds(), st, d)
+        st = a.state
+        for s in a.active:
+            if s.kind == "straggler":
+                seen.setdefault(s.client_id, []).append(t)
+    ids = fed.client_ids
+    assert seen.get(ids[3], [None])[0] == 6
+    assert seen[ids[12]][0] == 1
+    assert ids[9] not in seen, seen
+    assert set(seen) == {ids[3], ids[12]}
+    # the own-time rule is an overridable threshold: at 0.5x the slow-every-round client is back
+    th = Thresholds().with_overrides({"straggler_min_own_ratio": 0.5})
+    d = fed.round(11)
+    d.wall_time_seconds[:] = 0.1 * rng.lognormal(0.0, 0.1, d.n)
+    d.wall_time_seconds[9] *= 5.0
+    assert ids[9] in {s.client_id for s in analyze_round(run, th, st, d).active}
 
 
 def test_a_missing_divergence_score_does_not_rank_a_client_at_the_alarm_line() -> None:

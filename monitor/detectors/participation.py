@@ -2,8 +2,10 @@
 
 * dropout: consecutive rounds a known client failed, dropped out or timed
   out, or (when every known client was expected) sent nothing;
-* straggler: wall time far out within the round (robust z of its log) *and*
-  a material multiple of the round median;
+* straggler: wall time far out within the round (robust z of its log), a
+  material multiple of the round median, *and* a multiple of the client's own
+  usual time (3x the median data is slow every round: the client, not a fault)
+  or extreme in the round (so a client slow from its first round is reported);
 * participation_drop: ok reports over expected (``num_sampled`` when the
   round close sent it, else the run's ``expected_clients``).
 
@@ -64,6 +66,16 @@ class ParticipationThresholds:
         "A straggler also takes at least this many times the round's median wall time "
         "(a client with twice the data takes twice as long; 2.0 flagged such healthy clients).",
     )
+    straggler_min_own_ratio: float = threshold(
+        3.0,
+        "... and this many times the client's own smoothed wall time; healthy clients stay "
+        "within 1.3x of it (speed and data are the client's), a straggler fault is ~11x.",
+    )
+    straggler_extreme_ratio: float = threshold(
+        10.0,
+        "... or, slow against itself or not, this many times the round's median: honest "
+        "clients with 3x+ the median data reach 7.8x at 1,000 clients under label skew.",
+    )
 
 
 @dataclass
@@ -73,6 +85,7 @@ class ParticipationState(DetectorStateBase):
     """Streaks; ``dropout`` counts over every known client, present or not."""
     last_ok_round: np.ndarray = client_field(fill="round", dtype=np.int64)
     """The last round each client reported ok (its first round until it does)."""
+    wall_ref: np.ndarray = client_field(fill=np.nan)  # smoothed log wall time, non-slow rounds
 
 
 class Participation(Detector):
@@ -156,10 +169,13 @@ class Participation(Detector):
         wall = data.wall_time_seconds
         wall_z = participation.straggler_z(wall, ok)
         wall_ratio = participation.wall_time_ratio(wall, ok)
-        straggler = (
-            ok
-            & (np.nan_to_num(wall_z, nan=0.0) > th.straggler_robust_z)
-            & (np.nan_to_num(wall_ratio, nan=0.0) >= th.straggler_min_ratio)
+        own = participation.own_time_ratio(wall, state.wall_ref[idx])
+        lims = (th.straggler_robust_z, th.straggler_min_ratio)
+        own_lims = (th.straggler_min_own_ratio, th.straggler_extreme_ratio)
+        ev = participation.straggler_evidence(ok, wall_z, wall_ratio, own, lims, own_lims)
+        straggler, slow_self, anomaly = ev
+        state.wall_ref[idx] = participation.own_time_reference(
+            state.wall_ref[idx], wall, ok & ~straggler & ~slow_self
         )
         ctx.collect("straggler_robust_z", wall_z[ctx.healthy])
         state.straggler[idx] = divergence.update_streak(state.straggler[idx], straggler, ok)
@@ -175,10 +191,8 @@ class Participation(Detector):
             failed_k |= absent_k
         state.dropout = participation.dropout_streaks(state.dropout, failed_k, ok_k)
         state.last_ok_round[idx[ok]] = ctx.round
-        ctx.add_anomaly(
-            np.minimum(wall_z / th.straggler_robust_z, wall_ratio / th.straggler_min_ratio)
-        )
-        q = _sampling_rate(expected, ctx.cfg.expected_clients)
+        ctx.add_anomaly(anomaly)
+        q = participation.sampling_rate(expected, ctx.cfg.expected_clients)
         need = (
             th.dropout_streak_rounds if q >= 1 else max(1, math.ceil(th.dropout_streak_rounds * q))
         )
@@ -187,7 +201,7 @@ class Participation(Detector):
             absent_k & (q < 1) & (np.nan_to_num(p_absent, nan=1.0) <= th.dropout_absence_p_value)
         )
         drop_k = np.flatnonzero((state.dropout >= need) | improbable)
-        active = [_straggler(ctx, i, wall_z, wall_ratio) for i in np.flatnonzero(straggler)]
+        active = [_straggler(ctx, i, wall_z, wall_ratio, own) for i in np.flatnonzero(straggler)]
         active += [_dropout(ctx, state, int(c), absent_k, need, q, p_absent) for c in drop_k]
         status = np.asarray(data.status, dtype=object)
         counts = participation.status_counts(status)
@@ -217,33 +231,28 @@ class Participation(Detector):
         )
 
 
-def _straggler(ctx: RoundContext, i: int, wall_z: np.ndarray, ratio: np.ndarray) -> ActiveSignal:
+def _straggler(ctx: RoundContext, i: int, z: np.ndarray, ratio, own: np.ndarray) -> ActiveSignal:
     th, cid, wall = ctx.th, ctx.ids[i], ctx.data.wall_time_seconds
     med = float(np.nanmedian(np.where(ctx.ok, wall, np.nan)))
     return ActiveSignal(
         kind="straggler",
         severity="info",
         client_id=cid,
-        score=float(wall_z[i]),
+        score=float(z[i]),
         threshold=th.straggler_robust_z,
         message=(
             f"client {cid}: round took {wall[i]:.3g} s, {fmt(ratio[i], 1)}x "
-            f"the median {med:.3g} s (robust z {fmt(wall_z[i], 1)}; thresholds z "
+            f"the median {med:.3g} s (robust z {fmt(z[i], 1)}; thresholds z "
             f"{fmt(th.straggler_robust_z, 1)} and {fmt(th.straggler_min_ratio, 1)}x)"
+            + (f"; {fmt(own[i], 1)}x its own usual time" if np.isfinite(own[i]) else "")
         ),
         details={
             "wall_time_seconds": json_num(wall[i]),
             "median_seconds": json_num(med),
             "ratio_to_median": json_num(ratio[i]),
+            "ratio_to_own": json_num(own[i]),
         },
     )
-
-
-def _sampling_rate(expected: int | None, expected_clients: int | None) -> float:
-    """This round's sampled share of the run's clients (1 when unknown or full)."""
-    if not expected or not expected_clients or expected >= expected_clients:
-        return 1.0
-    return expected / expected_clients
 
 
 def _dropout(

@@ -15,6 +15,10 @@ __all__ = [
     "dropout_streaks",
     "straggler_z",
     "wall_time_ratio",
+    "own_time_ratio",
+    "own_time_reference",
+    "straggler_evidence",
+    "sampling_rate",
     "absence_p_value",
 ]
 
@@ -76,6 +80,78 @@ def wall_time_ratio(wall_time_seconds: np.ndarray, mask: np.ndarray | None = Non
     with np.errstate(divide="ignore", invalid="ignore"):
         out[m] = t[m] / med
     return out
+
+
+def own_time_ratio(wall_time_seconds: np.ndarray, log_reference: np.ndarray) -> np.ndarray:
+    r"""``t_i / exp(ref_i)``: the client's wall time over its own usual wall time.
+
+    A client with several times the median data (or a slow device) is slow every
+    round; a straggler fault makes a client slow against *itself*. NaN where the
+    client has no reference yet (:func:`own_time_reference`) or no usable time.
+    """
+    t = np.asarray(wall_time_seconds, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(t) & (t > 0), t / np.exp(log_reference), np.nan)
+
+
+def own_time_reference(
+    log_reference: np.ndarray, wall_time_seconds: np.ndarray, mask: np.ndarray, weight: float = 0.3
+) -> np.ndarray:
+    r"""Smoothed ``ln(wall time)`` of each client: ``ref = (1 - w) ref + w ln t`` (first: ``ln t``).
+
+    Only the masked clients (the caller leaves out a round it judged slow, so a
+    straggler's reference does not absorb the slowdown) with a positive, finite
+    time move; the others keep their reference.
+    """
+    t = np.asarray(wall_time_seconds, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool) & np.isfinite(t) & (t > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lt = np.log(np.where(m, t, 1.0))
+    ref = np.asarray(log_reference, dtype=np.float64)
+    new = np.where(np.isfinite(ref), (1.0 - weight) * ref + weight * lt, lt)
+    return np.where(m, new, ref)
+
+
+def straggler_evidence(
+    ok: np.ndarray,
+    wall_z: np.ndarray,
+    ratio: np.ndarray,
+    own: np.ndarray,
+    round_th: tuple[float, float],
+    own_th: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Which clients straggle, which are slow against themselves, and the anomaly score.
+
+    A straggler is far out in the round (``z > z_min`` *and* ``ratio >= ratio_min``,
+    ``round_th``) *and* either slow against its own usual time
+    (``own >= own_min``) or extreme in the round (``ratio >= extreme``, ``own_th``):
+    a client without a reference (its first round) is judged by the extreme ratio
+    alone. The anomaly score is ``min(z / z_min, ratio / ratio_min,
+    max(own / own_min, ratio / extreme))`` (NaN ``own`` drops out of the max).
+
+    Returns ``(straggler, slow_self, anomaly)``.
+    """
+    (z_min, ratio_min), (own_min, extreme) = round_th, own_th
+    z0, r0, o0 = (
+        np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0) for a in (wall_z, ratio, own)
+    )
+    slow_self = o0 >= own_min
+    straggler = (
+        np.asarray(ok, bool) & (z0 > z_min) & (r0 >= ratio_min) & (slow_self | (r0 >= extreme))
+    )
+    with np.errstate(invalid="ignore"):
+        anomaly = np.minimum(
+            np.minimum(np.asarray(wall_z) / z_min, np.asarray(ratio) / ratio_min),
+            np.fmax(np.asarray(own) / own_min, np.asarray(ratio) / extreme),
+        )
+    return straggler, slow_self, anomaly
+
+
+def sampling_rate(expected: int | None, expected_clients: int | None) -> float:
+    """This round's sampled share of the run's clients (1 when unknown or full)."""
+    if not expected or not expected_clients or expected >= expected_clients:
+        return 1.0
+    return expected / expected_clients
 
 
 def absence_p_value(rounds_unseen: np.ndarray, sample_rate: float) -> np.ndarray:

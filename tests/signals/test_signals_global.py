@@ -102,3 +102,37 @@ def test_absence_p_value_is_the_sampling_chance():
     )
     assert np.isnan(participation.absence_p_value(np.array([3]), 0.0)).all()
     assert participation.absence_p_value(np.array([5]), 1.0)[0] == 0.0
+
+
+def test_own_time_reference_is_an_ewma_of_log_time_over_masked_rounds():
+    """Brute force: each client's EWMA of ln t over the rounds its mask was set."""
+    from monitor.signals.participation import own_time_ratio, own_time_reference
+
+    rng = np.random.default_rng(4)
+    t = rng.lognormal(0.0, 0.5, (12, 6))
+    mask = rng.random((12, 6)) > 0.3
+    ref = np.full(6, np.nan)
+    for r in range(12):
+        ratio = own_time_ratio(t[r], ref)
+        for k in range(6):
+            past = [np.log(t[s, k]) for s in range(r) if mask[s, k]]
+            e = np.nan
+            for x in past:
+                e = x if np.isnan(e) else 0.7 * e + 0.3 * x
+            assert np.isnan(ratio[k]) == np.isnan(e)
+            if past:
+                assert ratio[k] == pytest.approx(t[r, k] / np.exp(e))
+        ref = own_time_reference(ref, t[r], mask[r])
+
+
+def test_straggler_evidence_needs_the_own_ratio_or_an_extreme_one():
+    from monitor.signals.participation import straggler_evidence
+
+    ok = np.ones(4, bool)
+    z = np.array([5.0, 5.0, 5.0, 1.0])
+    ratio = np.array([4.0, 4.0, 12.0, 12.0])
+    own = np.array([4.0, 1.1, np.nan, 12.0])
+    s, slow, a = straggler_evidence(ok, z, ratio, own, (3.5, 3.0), (3.0, 10.0))
+    assert s.tolist() == [True, False, True, False]
+    assert slow.tolist() == [True, False, False, True]
+    assert a[0] >= 1.0 and a[1] < 1.0 and a[2] >= 1.0 and a[3] < 1.0
