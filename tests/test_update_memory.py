@@ -128,3 +128,71 @@ def test_partial_reference_is_the_clients_own_mean_or_the_rounds_median():
     # fewer than five clients to take a median over: no reference for the new ones
     few = divergence.partial_reference(np.zeros(3), np.array([0, 1, 0]), value[:3], have[:3])
     assert np.isnan(few[0]) and few[1] == 0.0 and np.isnan(few[2])
+
+
+def test_theil_sen_line_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=60)
+    y = 0.7 * x + 0.2 + 0.1 * rng.normal(size=60)
+    y[:8] -= 3.0  # outliers the line must not follow
+    slope, intercept = divergence.theil_sen_line(x, y)
+    ref = stats.theilslopes(y, x, method="separate")
+    np.testing.assert_allclose(slope, ref.slope)
+    np.testing.assert_allclose(intercept, np.median(y - ref.slope * x))
+    np.testing.assert_allclose(divergence.fisher_z(np.array([0.3, -0.5])), np.arctanh([0.3, -0.5]))
+
+
+def test_a_group_that_moves_by_its_place_is_no_residual_but_an_outlier_is():
+    rng = np.random.default_rng(8)
+    place = rng.uniform(0.0, 1.5, size=400)
+    drop = -0.8 * place + 0.02 * rng.normal(size=400)  # the highest places fall back most
+    drop[3] -= 0.6
+    res = divergence.place_residual(drop, place, np.ones(400, dtype=bool))
+    assert abs(res[np.arange(400) != 3]).max() < 0.1 < -res[3]
+    # against the round's median the high places would read as a divergent group
+    assert ((drop - np.median(drop)) < -0.3).sum() > 50
+    assert np.isnan(divergence.place_residual(drop[:4], place[:4], np.ones(4, dtype=bool))).all()
+
+
+def _many(n, rounds, edit=None, seed=0, d=64):
+    """A large federation whose shared direction shrinks as it trains; alignment to it is
+    skewed over clients (a few agree with the early majority much more than the rest)."""
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=d)
+    m /= np.linalg.norm(m)
+    w = rng.exponential(1.0, size=n) ** 2
+    own = rng.normal(size=(n, d))
+    state, prev, out = MemoryState.fresh(None, n), None, []
+    for t in range(1, rounds + 1):
+        sk = 8.0 * 0.8**t * w[:, None] * m + own + 0.5 * rng.normal(size=(n, d))
+        if edit:
+            edit(t, sk)
+        cos_prev = np.full(n, np.nan) if prev is None else _cos(sk, prev)
+        out.append(
+            memory_round(
+                sketch=sk,
+                norm=np.linalg.norm(sk, axis=1),
+                weights=np.ones(n),
+                cos_prev=cos_prev,
+                judged=np.ones(n, dtype=bool),
+                idx=np.arange(n),
+                state=state,
+                th=Thresholds(),
+            )
+        )
+        prev = sk.copy()
+    return out
+
+
+def test_a_large_converging_federation_stays_quiet_and_its_attacker_is_found():
+    assert not any(r.flag.any() for r in _many(300, 25))
+
+    def flip(t, sk):
+        if t >= 12:
+            sk[5] = -sk[5]
+
+    out = _many(300, 25, flip)
+    assert out[11].flag[5] and not out[10].flag[5]
+    assert not any(r.flag[np.arange(300) != 5].any() for r in out)

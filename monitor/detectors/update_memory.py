@@ -11,12 +11,15 @@ aggregate that contains the client itself:
 
 * **cosine drop** - the cosine of the client's sketch to the leave-one-out mean of
   the other clients' sketches (:func:`monitor.signals.divergence.leave_one_out_cosine`),
-  minus the client's own reference mean of it, as a robust z within the round, fed
-  to a lower CUSUM (:func:`monitor.signals.divergence.cusum_low`, allowance ``k``,
-  alarm ``h``; a round counts only where the drop beyond the round's median is at
-  least ``divergence_cosine_min_drop``, as a robust z over a tiny spread is no
-  effect): a client that sits far below its usual place round after round
-  builds evidence, one with a low cosine that is normal for its data does not.
+  minus its own reference mean of it, in Fisher z (``fisher_z``), less the drop of
+  clients of like reference place (``place_residual``: a Theil-Sen line of drop on
+  place), as a robust z in the round, fed to a lower CUSUM (``cusum_low``, allowance
+  ``k``, alarm ``h``; a round counts only where that residual is at least
+  ``divergence_cosine_min_drop``): a client far below its usual place round after
+  round builds evidence, one whose low cosine is normal for its data does not. At
+  200-1,000 healthy clients places move together *by place* (alpha 0.1: those nearest
+  the early majority fall back; IID: the noisiest lose most cosine, not most z); under
+  ``divergence_place_min_clients`` (a line through 20-50 is noise) the round's median.
   The allowance is 2.5: when attackers (or a drifting client) move the
   aggregate, honest clients' places shift by 1.5-2.5 robust z for a few rounds;
 * **direction change** - the client's cosine to its own previous update against its
@@ -38,11 +41,7 @@ aggregate that contains the client itself:
   as another client this round (:func:`monitor.signals.divergence.identical_updates`):
   attacks that craft one vector for several clients (ALIE, IPM) send it from all.
 
-What finds each attack (tuned seeds): sign flip - sign reversal; ALIE - colluding;
-IPM, exploding updates - the single-round rule (:mod:`monitor.detectors.updates`);
-Gaussian noise - direction change; label flip, noisy labels - mostly label drift.
-Stale, free-riding and non-finite updates are judged by their own rules and left
-out. docs/signals.md gives the thresholds and the benchmark behind them.
+Stale, free-riding, non-finite updates have their own rules. See docs/signals.md.
 """
 
 from __future__ import annotations
@@ -83,8 +82,11 @@ class MemoryThresholds:
     )
     divergence_cosine_min_drop: float = threshold(
         0.1,
-        "A round adds cosine-drop evidence only when the leave-one-out cosine fell at least "
-        "this much more than the round's median client's.",
+        "Cosine-drop evidence needs the leave-one-out cosine to fall this much more than "
+        "the round's (or, in Fisher z, than like-place clients').",
+    )
+    divergence_place_min_clients: int = threshold(
+        100, "Judged clients from which a cosine drop is judged against clients of like place."
     )
     divergence_cusum_threshold: float = threshold(
         5.0, "Accumulated cosine-drop evidence (robust z units) at which an update diverges."
@@ -98,9 +100,7 @@ class MemoryThresholds:
         0.5, "Accumulated direction-change evidence (cosine units) at which an update diverges."
     )
     direction_change_min_loo_drop: float = threshold(
-        0.05,
-        "A round adds direction-change evidence only when the client's leave-one-out cosine "
-        "also fell at least this much more than the round's median client's.",
+        0.05, "Direction-change evidence needs the leave-one-out cosine to fall this much more too."
     )
     update_reversal_cosine: float = threshold(
         -0.5, "Cosine to the client's own previous update at or below which it turned round..."
@@ -120,8 +120,7 @@ class MemoryState(DetectorStateBase):
     prev_ref_n: np.ndarray = client_field(dtype=np.int64)
     cosine_evidence: np.ndarray = client_field()
     direction_evidence: np.ndarray = client_field()
-    """Divergence memory (:mod:`monitor.detectors.update_memory`): reference sums and counts of
-    the leave-one-out cosine and of the cosine to the previous update; CUSUM evidence."""
+    """Reference sums/counts of the leave-one-out and previous cosines; CUSUM evidence."""
 
 
 PATTERNS = ("colluding", "sign_reversal", "direction_change", "cosine_drop")
@@ -183,11 +182,15 @@ def memory_round(
     base_loo = _reference(state.loo_ref_sum, state.loo_ref_n, idx, loo, judged, need)
     drop = loo - base_loo
     judged_drop = judged & np.isfinite(drop)
-    z = divergence.robust_z(drop, judged)
+    resid = drop - (np.median(drop[judged_drop]) if judged_drop.any() else 0.0)
+    if judged_drop.sum() >= th.divergence_place_min_clients:  # against clients of like place
+        place = divergence.fisher_z(base_loo)
+        resid = divergence.place_residual(divergence.fisher_z(loo) - place, place, judged_drop)
+    z = divergence.robust_z(resid, judged_drop)
     beyond = np.zeros(len(loo))
     if judged_drop.sum() >= 5:
         # a robust z over a tiny spread is not an effect: the drop must also be material
-        beyond = np.nan_to_num(drop - float(np.median(drop[judged_drop])), nan=0.0)
+        beyond = np.nan_to_num(resid, nan=0.0)
         z = np.where(beyond <= -th.divergence_cosine_min_drop, z, 0.0)
         z = np.where(judged_drop, z, np.nan)
     ev_c = divergence.cusum_low(

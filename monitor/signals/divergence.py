@@ -25,6 +25,9 @@ __all__ = [
     "cusum_low",
     "identical_updates",
     "partial_reference",
+    "fisher_z",
+    "theil_sen_line",
+    "place_residual",
 ]
 
 MAD_TO_SD = 1.482602218505602
@@ -338,3 +341,70 @@ def partial_reference(
     median = float(np.median(v[have])) if have.sum() >= min_count else np.nan
     n = np.asarray(count, dtype=np.float64)
     return np.where(n >= 1, np.asarray(total, dtype=np.float64) / np.maximum(n, 1), median)
+
+
+def fisher_z(cosine: np.ndarray, clip: float = 0.995) -> np.ndarray:
+    r"""Fisher's z of a cosine: :math:`\operatorname{artanh}(c)`, ``c`` clipped to ``+-clip``.
+
+    Fisher's variance-stabilising transform of a correlation (Fisher, "On the 'probable
+    error' of a coefficient of correlation", Metron 1921). A cosine between an update and
+    the others' mean is such a correlation: where a shared direction shrinks as training
+    converges, a client near 0.9 and one near 0.5 lose very different amounts of cosine
+    but about the same amount of z. NaN stays NaN.
+    """
+    c = np.asarray(cosine, dtype=np.float64)
+    return np.arctanh(np.clip(c, -clip, clip))
+
+
+def theil_sen_line(x: np.ndarray, y: np.ndarray, max_pairs: int = 1_000_000) -> tuple[float, float]:
+    r"""Theil-Sen line through ``(x, y)``: slope = median pairwise slope, intercept = median residual.
+
+    .. math:: b = \operatorname{median}_{i<j,\ x_i \ne x_j} \frac{y_j - y_i}{x_j - x_i},
+              \quad a = \operatorname{median}_i (y_i - b x_i)
+
+    (Theil 1950, Sen 1968; ``scipy.stats.theilslopes``.) Robust to up to ~29% of the
+    points lying anywhere. Finite values only; fewer than 2 distinct ``x``: slope 0. Over
+    ``max_pairs`` pairs a fixed-seed sample of that many pairs is used (the median of a
+    sample of a million slopes is within noise of the full one).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n == 0:
+        return 0.0, float("nan")
+    if n * (n - 1) // 2 <= max_pairs:
+        i, j = np.triu_indices(n, 1)
+    else:
+        rng = np.random.default_rng(0)
+        i, j = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
+    dx = x[j] - x[i]
+    use = dx != 0
+    slope = float(np.median((y[j] - y[i])[use] / dx[use])) if use.any() else 0.0
+    return slope, float(np.median(y - slope * x))
+
+
+def place_residual(
+    drop: np.ndarray, place: np.ndarray, mask: np.ndarray, min_count: int = 5
+) -> np.ndarray:
+    r"""Each client's drop less the drop of clients whose reference place was like its own.
+
+    .. math:: r_i = d_i - (a + b\,p_i)
+
+    with :math:`(b, a)` the :func:`theil_sen_line` of the drops ``d`` on the reference
+    places ``p`` over ``mask`` (NaN outside it, and everywhere with fewer than
+    ``min_count``). As a federation trains, clients move together by their place: under
+    label skew those that agreed most with the early majority direction fall back
+    towards the others, under IID the noisiest fall furthest; a drop judged against the
+    round's median calls such a group divergent, one judged against the line does not.
+    """
+    d = np.asarray(drop, dtype=np.float64)
+    p = np.asarray(place, dtype=np.float64)
+    ok = np.asarray(mask, dtype=bool) & np.isfinite(d) & np.isfinite(p)
+    out = np.full(d.shape, np.nan)
+    if ok.sum() < min_count:
+        return out
+    slope, intercept = theil_sen_line(p[ok], d[ok])
+    out[ok] = d[ok] - (intercept + slope * p[ok])
+    return out
