@@ -138,7 +138,8 @@ def evaluate(
             f"full grid, {len(kind_list)} fault kinds + several faults + healthy: alpha {{0.1, 0.5, 100}} x "
             "seeds {0, 1, 2} at full participation; alpha 0.5 seed 0 under partial participation "
             "(0.5 and 0.3 with timeouts, 0.5 omitting) and local-DP histograms; 200 and 1,000 clients; "
-            "held out: seeds {3, 4}; 30 rounds, onset 8-15; logistic regression"
+            "held out: seeds {3, 4} and healthy 200/1,000-client runs with seed 3; 30 rounds, "
+            "onset 8-15; logistic regression"
         )
     elif quick:
         cases = quick_grid(kind_list)
