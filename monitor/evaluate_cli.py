@@ -76,7 +76,7 @@ def _range(text: str) -> tuple[int, int]:
     "--full",
     is_flag=True,
     help="The full grid (monitor.evaluation.grid.full_grid): conditions, 200 and 1,000 clients, "
-    "and held-out seeds; ~15 min with --jobs 2.",
+    "and held-out seeds; ~22 min with --jobs 2 on a 2-core VM.",
 )
 @click.option(
     "--condition",

@@ -244,7 +244,7 @@ HELD_OUT_SEEDS = (3, 4)
 
 
 def full_grid(kinds: Sequence[str], *, held_out: bool = True) -> tuple[list[Case], list[Case]]:
-    """The full benchmark (about 15 min with ``--jobs 2`` on a 2-core VM): (tuned cases, held-out cases).
+    """The full benchmark (about 22 min with ``--jobs 2`` on a 2-core VM): (tuned cases, held-out cases).
 
     * every kind, ``several`` and healthy x alpha {0.1, 0.5, 100} x seeds :data:`TUNED_SEEDS`,
       full participation, 20-50 clients;
