@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from monitor.signals.divergence import robust_z
+from monitor.signals.norm_reference import update_reference
 
 __all__ = [
     "STATUSES",
@@ -101,15 +102,18 @@ def own_time_reference(
 
     Only the masked clients (the caller leaves out a round it judged slow, so a
     straggler's reference does not absorb the slowdown) with a positive, finite
-    time move; the others keep their reference.
+    time move; the others keep their reference. The client reference of
+    :func:`monitor.signals.norm_reference.update_reference` with a one-round start
+    and no step bound (a NaN reference is one not started).
     """
     t = np.asarray(wall_time_seconds, dtype=np.float64)
     m = np.asarray(mask, dtype=bool) & np.isfinite(t) & (t > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lt = np.log(np.where(m, t, 1.0))
+        lt = np.where(m, np.log(np.where(m, t, 1.0)), np.nan)
     ref = np.asarray(log_reference, dtype=np.float64)
-    new = np.where(np.isfinite(ref), (1.0 - weight) * ref + weight * lt, lt)
-    return np.where(m, new, ref)
+    started = np.isfinite(ref).astype(np.int64)
+    out, _ = update_reference(ref, started, lt, m, need=1, rate=weight, band=np.inf)
+    return out
 
 
 def straggler_evidence(
