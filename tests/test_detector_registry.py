@@ -208,7 +208,7 @@ def test_a_detector_state_that_does_not_read_restarts_that_detector(caplog):
     assert set(back.detectors) == set(st.detectors) - {"label_drift"}
 
 
-FORMAT1_LATER = {"one_cause", "telemetry_privacy"}
+FORMAT1_LATER = {"one_cause", "telemetry_privacy", "label_noise"}
 """Detectors added after format 1: a format-1 state has no section for them, so they start fresh."""
 
 
@@ -219,7 +219,7 @@ def test_a_format1_state_continues_exactly_as_the_analysis_from_scratch():
     from monitor.detectors.state import _FORMAT1
 
     old = DetectorState.from_bytes(FORMAT1.read_bytes())
-    # detectors and fields added since format 1 (issue 11: one_cause, the divergence memory,
+    # detectors and fields added since format 1 (issue 11: one_cause, label_noise, the divergence memory,
     # the last ok round, the aggregate norm history) start fresh; everything format 1 held is kept
     assert set(old.detectors) == {d.name for d in DEFAULT.detectors} - FORMAT1_LATER
     scratch = _run_rounds(fed, run, range(1, 9))

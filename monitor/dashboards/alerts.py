@@ -32,6 +32,7 @@ class AlertThreshold:
 ALERT_THRESHOLDS: tuple[AlertThreshold, ...] = (
     AlertThreshold("FLClientDataDrift", "fl_client_drift_streak_rounds", 3, "warning"),
     AlertThreshold("FLClientPerformanceDrift", "fl_client_performance_drift_streak_rounds", 3, "warning"),
+    AlertThreshold("FLClientLabelNoise", "fl_client_label_noise_streak_rounds", 2, "warning"),
     AlertThreshold("FLClientUpdateAnomaly", "fl_client_update_anomaly_streak_rounds", 3, "warning"),
     AlertThreshold("FLClientNonFiniteUpdate", "fl_client_nonfinite_update_streak_rounds", 1, "critical"),
     AlertThreshold("FLClientStaleOrFreeRiding", "fl_client_stale_update_streak_rounds", 3, "warning"),

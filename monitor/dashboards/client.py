@@ -132,7 +132,7 @@ def _performance(b: Board) -> None:
          query(f"fl_run_client_accuracy_worst_decile_mean_ratio{{{R}}}", "worst-decile mean"),
          query(f"fl_run_global_eval_accuracy_ratio{{{R}}}", "global")],
         unit="percentunit", maximum=1, fill=0,
-    ), 12)  # fmt: skip
+    ), 8)  # fmt: skip
     b.add(timeseries_panel(
         "Evaluation loss and change point",
         "The client's evaluation loss of the global model, and the Page-Hinkley statistic on its relative "
@@ -140,7 +140,17 @@ def _performance(b: Board) -> None:
         [query(f"fl_client_eval_loss{{{RC}}}", "eval loss"),
          query(f"fl_client_eval_loss_changepoint{{{RC}}}", "Page-Hinkley")],
         minimum=0, fill=0,
-    ), 12)  # fmt: skip
+    ), 8)  # fmt: skip
+    b.add(timeseries_panel(
+        "Training vs held-out loss",
+        "ln(training loss / the global model's loss on the client's held-out split): a property of the "
+        "client that moves slowly; corrupted training labels raise it (the training loss is measured "
+        "against them). With the label-noise evidence: the CUSUM of its move from the client's usual, "
+        "less the round's median move (label noise at the engine's alarm level).",
+        [query(f"fl_client_train_eval_loss_log_ratio{{{RC}}}", "ln(train / eval loss)"),
+         query(f"fl_client_label_noise_evidence{{{RC}}}", "label-noise evidence")],
+        fill=0,
+    ), 8)  # fmt: skip
 
 
 def _updates(b: Board) -> None:
@@ -177,6 +187,7 @@ def _updates(b: Board) -> None:
 def _streaks_and_findings(b: Board) -> None:
     """Streaks (alerting and not), active findings by kind, open findings."""
     nonfinite = threshold("FLClientNonFiniteUpdate")
+    noise = threshold("FLClientLabelNoise")
     b.row("Streaks and findings")
     alerting = [
         threshold(rule, f"fl_client_{stem}_streak_rounds") for stem, rule, _ in ALERTING_STREAKS
@@ -189,11 +200,13 @@ def _streaks_and_findings(b: Board) -> None:
         thresholds=alert_steps(*alerting), minimum=0, decimals=0, fill=0,
     ), 12)  # fmt: skip
     b.add(timeseries_panel(
-        "Non-finite update streak",
-        f"Consecutive rounds with NaN/Inf in the client's update or losses; FLClientNonFiniteUpdate "
-        f"(critical) fires at {nonfinite.value:g}.",
-        [query(f"fl_client_nonfinite_update_streak_rounds{{{RC}}}", "non-finite")],
-        thresholds=alert_steps(nonfinite), minimum=0, decimals=0,
+        "Non-finite update and label noise streaks",
+        f"Consecutive rounds with NaN/Inf in the client's update or losses (FLClientNonFiniteUpdate, "
+        f"critical, fires at {nonfinite.value:g}) and with its training loss risen against its held-out "
+        f"loss (FLClientLabelNoise fires at {noise.value:g}).",
+        [query(f"fl_client_nonfinite_update_streak_rounds{{{RC}}}", "non-finite"),
+         query(f"fl_client_label_noise_streak_rounds{{{RC}}}", "label noise")],
+        thresholds=alert_steps(nonfinite, noise), minimum=0, decimals=0,
     ), 6)  # fmt: skip
     b.add(timeseries_panel(
         "Other streaks",
@@ -212,7 +225,8 @@ def _streaks_and_findings(b: Board) -> None:
         "(/api/v1/runs/{run}/findings?client=...) has each finding's sentence.",
         [query(f"fl_client_{stem}_streak_rounds{{{RC}}}", legend) for stem, legend in SIGNALS],
         thresholds=steps((1, "yellow"), *{(a.value, a.color) for a in alerting}, base="transparent"),
-        overrides=[thresholds_override("non-finite update", (nonfinite.value, nonfinite.color), base="transparent")],
+        overrides=[thresholds_override("non-finite update", (nonfinite.value, nonfinite.color), base="transparent"),
+                   thresholds_override("label noise", (1, "yellow"), (noise.value, noise.color), base="transparent")],
     ), 24, 9)  # fmt: skip
     b.add(table_panel(
         "Open findings",

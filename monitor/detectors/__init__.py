@@ -7,7 +7,7 @@
   registry, the combined anomaly score and calibration;
 * :mod:`monitor.detectors.state` - the run's detector state, saved per detector;
 * one module per family: ``label_drift``, ``feature_drift``, ``data_drift``,
-  ``performance_drift``, ``updates``, ``participation``, ``fairness``,
+  ``performance_drift``, ``label_noise``, ``updates``, ``participation``, ``fairness``,
   ``global_health``, ``privacy_budget``.
 
 docs/extending.md shows how to add one.

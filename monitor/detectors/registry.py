@@ -30,6 +30,7 @@ from monitor.detectors.fairness import Fairness
 from monitor.detectors.feature_drift import FeatureDrift
 from monitor.detectors.global_health import GlobalHealth
 from monitor.detectors.label_drift import LabelDrift
+from monitor.detectors.label_noise import LabelNoise
 from monitor.detectors.participation import Participation
 from monitor.detectors.performance_drift import PerformanceDrift
 from monitor.detectors.privacy_budget import PrivacyBudget
@@ -43,6 +44,7 @@ DETECTORS: tuple[Detector, ...] = (
     FeatureDrift(),
     DataDrift(),  # reads label_drift and feature_drift
     PerformanceDrift(),
+    LabelNoise(),
     UpdateAnomalies(),
     Participation(),
     Fairness(),

@@ -66,13 +66,14 @@ FITTING_KINDS: dict[str, frozenset[str]] = {
     "label_drift": frozenset({"label_drift", "data_drift", "feature_drift"}),
     # features move, labels do not
     "covariate_shift": frozenset({"feature_drift", "data_drift"}),
-    # poisoned labels: the update points elsewhere; under label skew the trained-on label mix moves
+    # poisoned labels: the update points elsewhere; under label skew the trained-on label mix moves;
+    # the client's training loss (against the poisoned labels) rises over its held-out loss
     "label_flip": frozenset(
-        {"update_divergence", "performance_drift", "label_drift", "data_drift"}
+        {"update_divergence", "performance_drift", "label_drift", "data_drift", "label_noise"}
     ),
     # same, weaker: the trained-on label mix moves toward uniform, the update gets noisier
     "noisy_labels": frozenset(
-        {"update_divergence", "performance_drift", "label_drift", "data_drift"}
+        {"update_divergence", "performance_drift", "label_drift", "data_drift", "label_noise"}
     ),
     "stale_update": frozenset({"stale_update"}),
     "free_rider": frozenset({"free_rider"}),

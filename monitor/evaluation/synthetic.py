@@ -34,6 +34,7 @@ FAULT_KINDS = (
     "label_shift",
     "feature_shift",
     "loss_jump",
+    "label_noise",
     "sign_flip",
     "norm_scale",
     "stale",
@@ -157,6 +158,9 @@ class SyntheticFederation:
         g = 0.5 + 1.5 * np.exp(-t / 10.0)
         d.eval_loss[:] = self.loss_base * g * np.exp(0.08 * rng.normal(size=n))
         d.train_loss[:] = d.eval_loss * 0.9
+        for f in self._active("label_noise", t):
+            # trained on corrupted labels: the training loss rises, the held-out loss does not
+            d.train_loss[list(f.clients)] *= np.exp(f.magnitude)
         acc = np.clip(
             self.acc_base * (1 - 0.5 * np.exp(-t / 10.0)) + 0.01 * rng.normal(size=n), 0, 1
         )
