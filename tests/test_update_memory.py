@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from monitor.detectors import Thresholds
@@ -38,7 +40,7 @@ def _cos(a, b):
         return np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def _stream(rounds, edit, sampled=None, seed=0, edit_cos=None):
+def _stream(rounds, edit, sampled=None, seed=0, edit_cos=None, th=None):
     """Run the memory over ``rounds``; ``edit(t, sketch)`` injects a fault in place."""
     rng, common, own = _federation(seed)
     state = MemoryState.fresh(None, N)
@@ -51,7 +53,7 @@ def _stream(rounds, edit, sampled=None, seed=0, edit_cos=None):
         cos_prev = np.where(np.isfinite(prev).all(axis=1), _cos(sk, np.nan_to_num(prev)), np.nan)
         if edit_cos is not None:
             edit_cos(t, cos_prev)
-        out.append(_step(state, sk, np.where(judged, cos_prev, np.nan), judged))
+        out.append(_step(state, sk, np.where(judged, cos_prev, np.nan), judged, th))
         prev[judged] = sk[judged]
     return out
 
@@ -113,6 +115,53 @@ def test_a_client_whose_updates_part_but_keep_their_place_builds_no_direction_ev
     out = _stream(20, lambda t, sk: None, edit_cos=parted)
     assert all(r.direction_evidence[7] == 0.0 for r in out)
     assert not any(r.flag.any() for r in out)
+
+
+def test_own_spread_matches_a_loop_and_bounds_each_step():
+    rng = np.random.default_rng(11)
+    dev = rng.normal(scale=0.5, size=(12, 6))
+    use = rng.random((12, 6)) < 0.8
+    got = np.full(6, np.nan)
+    want = [None] * 6
+    for t in range(12):
+        before = got.copy()
+        got = divergence.own_spread(got, dev[t], use[t], rate=0.2, bound=0.1)
+        for i in range(6):  # brute force: one client at a time
+            if not use[t, i]:
+                continue
+            d = abs(dev[t, i])
+            want[i] = d if want[i] is None else want[i] + 0.2 * min(max(d - want[i], -0.1), 0.1)
+        assert np.all(np.abs(got - before)[np.isfinite(before)] <= 0.02 + 1e-12)
+    np.testing.assert_allclose(got, [np.nan if w is None else w for w in want])
+
+
+def test_a_client_whose_updates_always_part_widely_builds_no_direction_evidence():
+    # client 7's consecutive updates have always parted a lot (cosine 0.95, 0.3, 0.95, ...:
+    # an honest client with little data); at round 14 its leave-one-out cosine falls and its
+    # cosine to its previous update sits low for 3 rounds. Its own spread of change keeps it
+    # under the margin; the same rounds from a steady client, or without the spread, are found.
+    def erratic(t, cos_prev):
+        if t >= 2:
+            cos_prev[7] = 0.3 if t % 2 else 0.95
+        if 14 <= t <= 16:
+            cos_prev[7] = 0.05
+
+    def steady(t, cos_prev):
+        if 14 <= t <= 16:
+            cos_prev[7] = 0.05
+
+    def drift(t, sk):
+        if 14 <= t <= 16:
+            sk[7] = 0.3 * sk[7] + np.roll(sk[7], 5)
+
+    def direction_flags(edit_cos, th=None):
+        out = _stream(20, drift, edit_cos=edit_cos, th=th)
+        return [t for t, r in enumerate(out, 1) if r.pattern[7] == "direction_change"]
+
+    assert direction_flags(erratic) == []
+    no_spread = replace(Thresholds(), direction_change_spread_factor=0.0)
+    assert direction_flags(erratic, no_spread)
+    assert direction_flags(steady)
 
 
 def test_partial_reference_is_the_clients_own_mean_or_the_rounds_median():

@@ -57,9 +57,11 @@ def test_a_jump_beyond_the_client_usual_fires_on_its_second_round():
     ]
     fed = SyntheticFederation(50, alpha=100.0, seed=4, faults=faults)
     seen = _stream(fed, 16)
-    assert set(seen) == {fed.client_ids[7], fed.client_ids[9]}, seen
+    # only the larger side is divergence: a shrinking update is what honest clients send as
+    # they converge, or after the aggregate moved away from their data (a near-zero one is a
+    # free rider, its own kind)
+    assert set(seen) == {fed.client_ids[7]}, seen
     assert seen[fed.client_ids[7]] == list(range(11, 17))
-    assert seen[fed.client_ids[9]] == list(range(11, 17))
 
 
 def test_a_client_that_explodes_from_its_first_round_is_flagged_and_stays_flagged():

@@ -25,7 +25,12 @@ aggregate that contains the client itself:
 * **direction change** - the client's cosine to its own previous update against its
   reference mean of it, less the round's median change and a margin, in a CUSUM:
   honest consecutive updates of one client point alike (its data does not
-  change); random-noise updates do not. A round counts only where the client's
+  change); random-noise updates do not. The margin grows with the client's own
+  usual size of change (``direction_change_spread_factor`` times
+  :func:`monitor.signals.divergence.own_spread`, learnt slowly on rounds without
+  evidence): some honest clients' updates part a lot, round after round (little
+  data, their optimum reached), and a fixed margin either flags them or is too
+  wide for a steady client whose update turns to noise at once. A round counts only where the client's
   leave-one-out cosine also fell (``direction_change_min_loo_drop`` beyond the
   round's median drop): an honest client's consecutive updates part now and then
   (little data, its own optimum reached) while it keeps its place among the
@@ -92,9 +97,16 @@ class MemoryThresholds:
         5.0, "Accumulated cosine-drop evidence (robust z units) at which an update diverges."
     )
     direction_change_margin: float = threshold(
-        0.5,
+        0.4,
         "Drop of the cosine to the client's own previous update, beyond its reference and "
-        "the round's median drop, that counts as evidence.",
+        "the round's median drop, that counts as evidence (plus the client's own spread "
+        "times direction_change_spread_factor).",
+    )
+    direction_change_spread_factor: float = threshold(
+        1.0,
+        "Multiple of the client's own usual size of direction change (learnt on rounds "
+        "without evidence) added to the margin: a client whose updates always part a lot "
+        "needs a larger change.",
     )
     direction_change_threshold: float = threshold(
         0.5, "Accumulated direction-change evidence (cosine units) at which an update diverges."
@@ -121,7 +133,17 @@ class MemoryState(DetectorStateBase):
     cosine_evidence: np.ndarray = client_field()
     direction_evidence: np.ndarray = client_field()
     """Reference sums/counts of the leave-one-out and previous cosines; CUSUM evidence."""
+    # additive (no LAYOUT bump): a state stored before it reads as no spread learnt yet
+    direction_spread: np.ndarray = client_field(fill=np.nan)
+    """The client's usual size of direction change (:func:`monitor.signals.divergence.own_spread`)."""
 
+
+SPREAD_RATE = 0.2
+SPREAD_BOUND = 0.1
+"""How the client's usual size of direction change is learnt (:func:`divergence.own_spread`):
+an EWMA at rate 0.2 whose step is clipped to +-0.1 (cosine units). Chosen on the tuned seeds'
+recordings with the margin (0.4) and factor (1.0): rates 0.1-0.2 and bounds 0.05-0.1 gave the
+same findings; a bound of 0.2 let honest erratic clients' spread lag and raised 2 misplaced findings."""
 
 PATTERNS = ("colluding", "sign_reversal", "direction_change", "cosine_drop")
 """Evidence names, strongest first (a finding names the first that holds)."""
@@ -204,13 +226,21 @@ def memory_round(
     change = base_prev - cos_prev
     ok_change = judged & np.isfinite(change)
     med = float(np.median(change[ok_change])) if ok_change.sum() >= 5 else 0.0
-    step = change - med - th.direction_change_margin
+    spread = np.nan_to_num(state.direction_spread[idx], nan=0.0)
+    margin = th.direction_change_margin + th.direction_change_spread_factor * spread
+    step = change - med - margin
     # an honest client's consecutive updates may part (small data, its optimum reached) while
     # it keeps its place among the others; a noise update leaves both: both must move
     step = np.where(beyond <= -th.direction_change_min_loo_drop, step, np.minimum(step, 0.0))
     ev_d = state.direction_evidence[idx]
     ev_d = np.where(ok_change, np.maximum(0.0, ev_d + np.nan_to_num(step)), ev_d)
     state.direction_evidence[idx] = ev_d
+    # rounds without evidence teach the client's usual size of change (slowly: an attack
+    # held under the gate widens it by at most SPREAD_RATE * SPREAD_BOUND a round)
+    quiet = ok_change & (ev_d <= th.direction_change_threshold) & (np.nan_to_num(step) <= 0)
+    state.direction_spread[idx] = divergence.own_spread(
+        state.direction_spread[idx], change - med, quiet, rate=SPREAD_RATE, bound=SPREAD_BOUND
+    )
     turned = ref_rev - cos_prev - med
     reversal = (
         judged
