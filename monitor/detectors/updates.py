@@ -251,7 +251,8 @@ class UpdateAnomalies(Detector):
             streak = getattr(state, name)
             streak[idx] = divergence.update_streak(streak[idx], flag, observed)
         persistent = state.update_anomaly[idx] >= th.update_divergence_min_streak
-        mem = memory.memory_step(ctx, state, u, ok & u.has_sk & ~free & ~stale & ~u.nonfinite)
+        judged = ok & u.has_sk & ~free & ~stale & ~u.nonfinite
+        mem = memory.memory_step(ctx, state, u, judged)
         divergent = (persistent & unusual) | mem.flag
         # np.minimum, not fmin: a missing score (too few clients, a failed client) must stay
         # missing (0 in the anomaly score), not become exactly the alarm line.

@@ -223,21 +223,27 @@ def divergence_score(
 
 
 def leave_one_out_cosine(
-    sketch: np.ndarray, weights: np.ndarray | None = None, mask: np.ndarray | None = None
+    sketch: np.ndarray,
+    weights: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    contributes: np.ndarray | None = None,
 ) -> np.ndarray:
     r"""Cosine of each client's sketch to the weighted mean of the *other* clients' sketches.
 
     .. math::
 
-        A_{-i} = \frac{\sum_{j \ne i} w_j s_j}{\sum_{j \ne i} w_j}, \qquad
+        A_{-i} = \frac{\sum_{j \ne i,\, j \in C} w_j s_j}{\sum_{j \ne i,\, j \in C} w_j}, \qquad
         c_i = \cos(s_i, A_{-i})
 
     over the rows in ``mask`` with finite sketches (weights: ``num_examples``, 1 where
-    missing or not positive). The reference leaves the client out: in a non-IID
+    missing or not positive); :math:`C` is the rows of ``mask`` that also are in
+    ``contributes`` (all of them when it is None). The reference leaves the client out: in a non-IID
     federation the updates are nearly orthogonal, so a client's own share of the
     aggregate lifts its cosine to it (by about ``w_i ||s_i|| / (W ||A||)``), and a
-    crafted update drags the aggregate toward itself. NaN outside ``mask`` or with
-    fewer than two usable rows.
+    crafted update drags the aggregate toward itself. ``contributes`` leaves out the
+    clients already under suspicion too, so that their updates do not drag the
+    reference the honest clients are judged against. NaN outside ``mask``, with
+    fewer than two usable rows, or where no other row contributes.
     """
     s = np.asarray(sketch, dtype=np.float64)
     n = s.shape[0]
@@ -251,10 +257,15 @@ def leave_one_out_cosine(
         return out
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).copy()
     w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
-    su, wu = s[use], w[use]
-    total = (wu[:, None] * su).sum(axis=0)
-    others = (total[None, :] - wu[:, None] * su) / (wu.sum() - wu)[:, None]
-    out[use] = rowwise_cosine(su, others)
+    con = use if contributes is None else use & np.asarray(contributes, dtype=bool)
+    total = (w[con, None] * s[con]).sum(axis=0)
+    own = np.where(con, w, 0.0)[use]
+    su = s[use]
+    den = w[con].sum() - own
+    with np.errstate(invalid="ignore", divide="ignore"):
+        others = (total[None, :] - own[:, None] * su) / den[:, None]
+    cos = rowwise_cosine(su, others)
+    out[use] = np.where(den > 0, cos, np.nan)
     return out
 
 

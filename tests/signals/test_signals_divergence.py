@@ -112,6 +112,25 @@ def test_leave_one_out_cosine_matches_brute_force():
     assert np.isnan(dv.leave_one_out_cosine(s[:1])).all()
 
 
+def test_leave_one_out_cosine_without_suspects_matches_brute_force():
+    rng = np.random.default_rng(9)
+    s = rng.normal(size=(10, 6))
+    w = rng.integers(1, 30, size=10).astype(float)
+    contributes = np.ones(10, dtype=bool)
+    contributes[[2, 7]] = False  # suspects: judged, but nobody's reference
+    got = dv.leave_one_out_cosine(s, w, None, contributes)
+    for i in range(10):
+        others = [j for j in range(10) if j != i and contributes[j]]
+        ref = (w[others, None] * s[others]).sum(axis=0) / w[others].sum()
+        assert got[i] == pytest.approx(1 - cosine(s[i], ref), abs=1e-12)
+    # a crafted update sent by a suspect no longer drags an honest client's reference
+    t = np.array([[1.0, 0.0], [1.0, 0.1], [-50.0, 0.0]])
+    assert dv.leave_one_out_cosine(t)[0] < 0
+    assert dv.leave_one_out_cosine(t, None, None, np.array([1, 1, 0], bool))[0] > 0.99
+    # no other contributor: NaN
+    assert np.isnan(dv.leave_one_out_cosine(t, None, None, np.array([1, 0, 0], bool))[0])
+
+
 def test_cusum_low_accumulates_persistent_low_scores_only():
     e = np.zeros(3)
     # client 0 far below every round, client 1 a little below (within the allowance), 2 unobserved
