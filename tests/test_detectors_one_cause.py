@@ -209,21 +209,29 @@ def test_dropout_under_partial_participation_counts_sampled_rounds_and_improbabl
 
 def test_a_federation_wide_shift_absorbs_its_members_consequences_but_not_a_sign_flip():
     shift = Fault("feature_shift", list(range(30)), 8, magnitude=2.0)
-    later = [Fault("loss_jump", [3, 4], 12, magnitude=1.5), Fault("sign_flip", [6], 12)]
+    later = [
+        Fault("loss_jump", [3, 4], 12, magnitude=1.5),
+        Fault("label_noise", [7], 12, magnitude=1.0),
+        Fault("sign_flip", [6], 12),
+    ]
     fed = SyntheticFederation(30, alpha=0.5, seed=5, faults=[shift, *later])
     out, seen = stream(fed, 16)
     # one federation-level finding from onset to the end; the members' loss jump is part of it
     assert [r for r, _ in _signals(out, "federation_drift")] == list(range(8, 17))
-    assert not [k for k in seen if k[0] in ("feature_drift", "data_drift", "performance_drift")]
+    assert not [
+        k for k in seen if k[0] in ("feature_drift", "data_drift", "performance_drift", "label_noise")
+    ]
     last = _signals(out, "federation_drift")[-1][1]
     assert last.details["clients_count"] == 30 and last.details["since_round"] == 8
     assert {"c00003", "c00004"} <= set(last.details["caused"]["performance_drift"])
+    assert last.details["caused"]["label_noise"] == ["c00007"]
     assert "performance drift of" in last.message
     # a sign-flipped update stands out against clients whose data moved as much: its own finding
     assert seen[("update_divergence", "c00006")][0] == 12
     # without the federation-wide shift the loss jump is the clients' own finding
     _, alone = stream(SyntheticFederation(30, alpha=0.5, seed=5, faults=later), 16)
     assert ("performance_drift", "c00003") in alone and ("performance_drift", "c00004") in alone
+    assert ("label_noise", "c00007") in alone
 
 
 def test_the_federation_wide_change_stays_one_finding_until_no_client_differs():

@@ -15,11 +15,12 @@
     partial round, clients whose reference only just became ready): the
     ``federation_drift`` signal goes on, so it stays one open finding;
   - the members' ``performance_drift`` (their loss under the global model moved
-    because their data did) and memory-based ``update_divergence`` (direction
-    change, cosine drop: their updates moved against their own history because
-    their data did) are absorbed and named in ``details.caused`` (per kind, the
-    clients, over the whole change), unless the member's update is unusual
-    *within* the round as well;
+    because their data did), ``label_noise`` (their training loss moved against
+    their held-out loss: the two splits' features moved by different amounts) and
+    memory-based ``update_divergence`` (direction change, cosine drop: their
+    updates moved against their own history because their data did) are absorbed
+    and named in ``details.caused`` (per kind, the clients, over the whole
+    change), unless the member's update is unusual *within* the round as well;
   - a federation-level ``fairness_regression`` or ``global_divergence`` that no
     client finding explains is absorbed too (``details.federation_kinds``).
 
@@ -72,7 +73,7 @@ EXPLAINED_BY: dict[str, frozenset[str] | None] = {
 }
 """Federation-level kinds a client finding can explain, and by which client kinds."""
 
-CONSEQUENCES = ("performance_drift", "update_divergence")
+CONSEQUENCES = ("performance_drift", "update_divergence", "label_noise")
 """Client kinds a federation-wide change explains on its members (bit i of ``OneCauseState.caused``)."""
 
 MEMORY_PATTERNS = ("direction_change", "cosine_drop")
@@ -243,6 +244,8 @@ def _consequence_bit(a: ActiveSignal) -> int:
         return 1
     if a.kind == "update_divergence" and a.details.get("pattern") in MEMORY_PATTERNS:
         return 2
+    if a.kind == "label_noise":
+        return 4
     return 0
 
 
