@@ -15,12 +15,12 @@
     partial round, clients whose reference only just became ready): the
     ``federation_drift`` signal goes on, so it stays one open finding;
   - the members' ``performance_drift`` (their loss under the global model moved
-    because their data did), ``label_noise`` (their training loss moved against
-    their held-out loss: the two splits' features moved by different amounts) and
-    memory-based ``update_divergence`` (direction change, cosine drop: their
-    updates moved against their own history because their data did) are absorbed
-    and named in ``details.caused`` (per kind, the clients, over the whole
-    change), unless the member's update is unusual *within* the round as well;
+    because their data did), ``label_noise`` (their two splits' features moved
+    by different amounts) and memory-based ``update_divergence`` (direction
+    change, cosine drop: their updates moved against their own history because
+    their data did) are absorbed and named in ``details.caused`` (per kind, the
+    clients, over the whole change), unless the member's update is unusual
+    *within* the round as well;
   - a federation-level ``fairness_regression`` or ``global_divergence`` that no
     client finding explains is absorbed too (``details.federation_kinds``).
 
@@ -240,13 +240,9 @@ def _unusual_updates(ctx: RoundContext) -> set[str]:
 
 def _consequence_bit(a: ActiveSignal) -> int:
     """The :data:`CONSEQUENCES` bit of a member's signal that the change explains (0: not explained)."""
-    if a.kind == "performance_drift":
-        return 1
-    if a.kind == "update_divergence" and a.details.get("pattern") in MEMORY_PATTERNS:
-        return 2
-    if a.kind == "label_noise":
-        return 4
-    return 0
+    if a.kind == "update_divergence" and a.details.get("pattern") not in MEMORY_PATTERNS:
+        return 0
+    return 1 << CONSEQUENCES.index(a.kind) if a.kind in CONSEQUENCES else 0
 
 
 def _describe(ctx: RoundContext, wide: ActiveSignal, st: OneCauseState) -> None:

@@ -57,7 +57,6 @@ from typing import Any
 import numpy as np
 
 from monitor.detectors.base import ClientScore, DetectorStateBase, client_field, threshold
-from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
 from monitor.signals import divergence
 
 __all__ = [
@@ -65,7 +64,6 @@ __all__ = [
     "MemoryState",
     "MemoryRound",
     "memory_round",
-    "memory_divergence",
     "PATTERNS",
     "MEMORY_CLIENT_SCORES",
     "memory_step",
@@ -138,12 +136,9 @@ class MemoryState(DetectorStateBase):
     """The client's usual size of direction change (:func:`monitor.signals.divergence.own_spread`)."""
 
 
-SPREAD_RATE = 0.2
-SPREAD_BOUND = 0.1
-"""How the client's usual size of direction change is learnt (:func:`divergence.own_spread`):
-an EWMA at rate 0.2 whose step is clipped to +-0.1 (cosine units). Chosen on the tuned seeds'
-recordings with the margin (0.4) and factor (1.0): rates 0.1-0.2 and bounds 0.05-0.1 gave the
-same findings; a bound of 0.2 let honest erratic clients' spread lag and raised 2 misplaced findings."""
+SPREAD_RATE, SPREAD_BOUND = 0.2, 0.1
+"""The client's usual size of direction change (:func:`divergence.own_spread`): EWMA rate, step
+bound (cosine units); on the tuned recordings rates 0.1-0.2 and bounds 0.05-0.1 gave the same findings."""
 
 PATTERNS = ("colluding", "sign_reversal", "direction_change", "cosine_drop")
 """Evidence names, strongest first (a finding names the first that holds)."""
@@ -273,51 +268,6 @@ def memory_round(
             pattern[i] = name
         flag |= by[name]
     return MemoryRound(loo, ev_c, ev_d, identical, reversal, flag, pattern)
-
-
-_MEMORY_SENTENCE = {
-    "colluding": "sends the same update as {identical} other client(s) this round (colluding)",
-    "sign_reversal": "update turned round against its previous one (cosine {cos_prev})",
-    "direction_change": "updates no longer point like its own earlier ones (cosine to previous "
-    "{cos_prev}; evidence {dir_ev} over threshold {dir_th})",
-    "cosine_drop": "update sits far below its usual place among the others' for several rounds "
-    "(leave-one-out cosine {loo}; evidence {cos_ev} over threshold {cos_th})",
-}
-
-
-def memory_divergence(ctx: Any, u: Any, mem: MemoryRound, i: int) -> ActiveSignal:
-    th, cid = ctx.th, ctx.ids[i]
-    pattern = mem.pattern[i] or "cosine_drop"
-    ratio = max(
-        mem.cosine_evidence[i] / th.divergence_cusum_threshold,
-        mem.direction_evidence[i] / th.direction_change_threshold,
-        1.0,
-    )
-    what = _MEMORY_SENTENCE[pattern].format(
-        identical=int(mem.identical[i]),
-        cos_prev=fmt(u.cos_prev[i]) if np.isfinite(u.cos_prev[i]) else "n/a",
-        dir_ev=fmt(mem.direction_evidence[i]),
-        dir_th=fmt(th.direction_change_threshold),
-        loo=fmt(mem.loo_cosine[i]) if np.isfinite(mem.loo_cosine[i]) else "n/a",
-        cos_ev=fmt(mem.cosine_evidence[i], 1),
-        cos_th=fmt(th.divergence_cusum_threshold, 1),
-    )
-    return ActiveSignal(
-        kind="update_divergence",
-        severity=severity_for(ratio, th.critical_factor),
-        client_id=cid,
-        score=float(ratio),
-        threshold=1.0,
-        message=f"client {cid}: {what}",
-        details={
-            "pattern": pattern,
-            "cosine_leave_one_out": json_num(mem.loo_cosine[i]),
-            "cosine_previous": json_num(u.cos_prev[i]),
-            "cosine_evidence": json_num(mem.cosine_evidence[i]),
-            "direction_evidence": json_num(mem.direction_evidence[i]),
-            "identical_to": int(mem.identical[i]),
-        },
-    )
 
 
 MEMORY_CLIENT_SCORES = (

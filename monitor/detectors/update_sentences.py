@@ -8,10 +8,11 @@ import numpy as np
 
 from monitor.detectors.base import RoundContext
 from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
+from monitor.detectors.update_memory import MemoryRound
 from monitor.detectors.update_stats import NormSide, UpdateRound
 from monitor.signals import divergence
 
-__all__ = ["divergence_signal", "stale", "free", "nonfinite"]
+__all__ = ["divergence_signal", "memory_divergence", "stale", "free", "nonfinite"]
 
 
 def divergence_signal(
@@ -101,4 +102,49 @@ def nonfinite(ctx: RoundContext, u: UpdateRound, i: int) -> ActiveSignal:
             f"in its {' and '.join(what) or 'update'}"
         ),
         details={"fields": what},
+    )
+
+
+_MEMORY_SENTENCE = {
+    "colluding": "sends the same update as {identical} other client(s) this round (colluding)",
+    "sign_reversal": "update turned round against its previous one (cosine {cos_prev})",
+    "direction_change": "updates no longer point like its own earlier ones (cosine to previous "
+    "{cos_prev}; evidence {dir_ev} over threshold {dir_th})",
+    "cosine_drop": "update sits far below its usual place among the others' for several rounds "
+    "(leave-one-out cosine {loo}; evidence {cos_ev} over threshold {cos_th})",
+}
+
+
+def memory_divergence(ctx: Any, u: Any, mem: MemoryRound, i: int) -> ActiveSignal:
+    th, cid = ctx.th, ctx.ids[i]
+    pattern = mem.pattern[i] or "cosine_drop"
+    ratio = max(
+        mem.cosine_evidence[i] / th.divergence_cusum_threshold,
+        mem.direction_evidence[i] / th.direction_change_threshold,
+        1.0,
+    )
+    what = _MEMORY_SENTENCE[pattern].format(
+        identical=int(mem.identical[i]),
+        cos_prev=fmt(u.cos_prev[i]) if np.isfinite(u.cos_prev[i]) else "n/a",
+        dir_ev=fmt(mem.direction_evidence[i]),
+        dir_th=fmt(th.direction_change_threshold),
+        loo=fmt(mem.loo_cosine[i]) if np.isfinite(mem.loo_cosine[i]) else "n/a",
+        cos_ev=fmt(mem.cosine_evidence[i], 1),
+        cos_th=fmt(th.divergence_cusum_threshold, 1),
+    )
+    return ActiveSignal(
+        kind="update_divergence",
+        severity=severity_for(ratio, th.critical_factor),
+        client_id=cid,
+        score=float(ratio),
+        threshold=1.0,
+        message=f"client {cid}: {what}",
+        details={
+            "pattern": pattern,
+            "cosine_leave_one_out": json_num(mem.loo_cosine[i]),
+            "cosine_previous": json_num(u.cos_prev[i]),
+            "cosine_evidence": json_num(mem.cosine_evidence[i]),
+            "direction_evidence": json_num(mem.direction_evidence[i]),
+            "identical_to": int(mem.identical[i]),
+        },
     )

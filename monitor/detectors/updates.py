@@ -263,7 +263,7 @@ class UpdateAnomalies(Detector):
         active = [
             sentences.divergence_signal(ctx, state, u, ns, score, i)
             if persistent[i] and unusual[i]
-            else memory.memory_divergence(ctx, u, mem, i)
+            else sentences.memory_divergence(ctx, u, mem, i)
             for i in np.flatnonzero(divergent)
         ]
         active += [sentences.stale(ctx, state, u, i) for i in np.flatnonzero(stale)]
