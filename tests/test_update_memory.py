@@ -7,8 +7,9 @@ from dataclasses import replace
 import numpy as np
 
 from monitor.detectors import Thresholds
-from monitor.detectors.update_memory import MemoryState, memory_round
+from monitor.detectors.update_memory import SPREAD_BAND, SPREAD_RATE, MemoryState, memory_round
 from monitor.signals import divergence
+from monitor.signals.norm_reference import update_reference
 
 N, D = 20, 32
 
@@ -117,7 +118,7 @@ def test_a_client_whose_updates_part_but_keep_their_place_builds_no_direction_ev
     assert not any(r.flag.any() for r in out)
 
 
-def test_own_spread_matches_a_loop_and_bounds_each_step():
+def test_the_direction_spread_matches_a_loop_and_bounds_each_step():
     rng = np.random.default_rng(11)
     dev = rng.normal(scale=0.5, size=(12, 6))
     use = rng.random((12, 6)) < 0.8
@@ -125,7 +126,11 @@ def test_own_spread_matches_a_loop_and_bounds_each_step():
     want = [None] * 6
     for t in range(12):
         before = got.copy()
-        got = divergence.own_spread(got, dev[t], use[t], rate=0.2, bound=0.1)
+        # the memory learns its spread with norm_reference.update_reference (one-round start)
+        got, _ = update_reference(
+            got, np.isfinite(got).astype(np.int64), np.abs(dev[t]), use[t],
+            need=1, rate=SPREAD_RATE, band=SPREAD_BAND,
+        )  # fmt: skip
         for i in range(6):  # brute force: one client at a time
             if not use[t, i]:
                 continue

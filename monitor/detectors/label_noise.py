@@ -53,7 +53,7 @@ from monitor.detectors.base import (
 )
 from monitor.detectors.inputs import EVIDENCE_MAX_ABS
 from monitor.detectors.output import ActiveSignal, fmt, json_num, severity_for
-from monitor.signals import divergence, loss_gap
+from monitor.signals import changepoint, divergence, loss_gap
 from monitor.signals.norm_reference import update_reference
 
 __all__ = ["LabelNoise", "LabelNoiseThresholds", "LabelNoiseState"]
@@ -113,12 +113,9 @@ class LabelNoiseState(DetectorStateBase):
     """Per-client references (:func:`monitor.signals.norm_reference.update_reference`), evidence and streak."""
 
     gap_ref: np.ndarray = client_field(fill=np.nan)
-    """The client's usual ln(train_loss / eval_loss)."""
-    gap_rounds: np.ndarray = client_field(dtype=np.int64)
-    """Rounds that taught ``gap_ref`` (capped by the reference's start, 1)."""
+    """The client's usual ln(train_loss / eval_loss) (NaN until its first judged round)."""
     train_ref: np.ndarray = client_field(fill=np.nan)
     """The client's usual log training loss against the round's median client."""
-    train_rounds: np.ndarray = client_field(dtype=np.int64)
     evidence: np.ndarray = client_field()
     """Upper CUSUM of the gap's move (:func:`monitor.signals.loss_gap.cusum_high`)."""
     streak: np.ndarray = client_field(dtype=np.int64)
@@ -175,11 +172,12 @@ class LabelNoise(Detector):
         usable = ctx.ok & ~data.nonfinite_loss & ~(ee < th.label_noise_min_eval_examples)
         gap = loss_gap.log_loss_gap(data.train_loss, data.eval_loss, usable)
         usable &= np.isfinite(gap)
-        train = loss_gap.relative_log(data.train_loss, usable)
+        train = changepoint.relative_log_loss(data.train_loss, usable)  # usable: train loss > 0
         judged = _judged_round(ctx)
 
-        move = loss_gap.centred_move(gap, state.gap_ref[idx], state.gap_rounds[idx] > 0)
-        train_move = loss_gap.centred_move(train, state.train_ref[idx], state.train_rounds[idx] > 0)
+        gap_ref, train_ref = state.gap_ref[idx], state.train_ref[idx]
+        move = loss_gap.centred_move(gap, gap_ref, np.isfinite(gap_ref))
+        train_move = loss_gap.centred_move(train, train_ref, np.isfinite(train_ref))
         if not judged:
             move[:] = np.nan
         evidence = loss_gap.cusum_high(
@@ -194,14 +192,12 @@ class LabelNoise(Detector):
         flag = observed & (evidence >= th.label_noise_alarm) & shape_ok
 
         teach = usable & judged & ~flag
-        state.gap_ref[idx], state.gap_rounds[idx] = update_reference(
-            state.gap_ref[idx], state.gap_rounds[idx], gap, teach,
-            need=1, rate=th.label_noise_reference_rate, band=th.label_noise_reference_band,
-        )  # fmt: skip
-        state.train_ref[idx], state.train_rounds[idx] = update_reference(
-            state.train_ref[idx], state.train_rounds[idx], train, teach,
-            need=1, rate=th.label_noise_reference_rate, band=th.label_noise_reference_band,
-        )  # fmt: skip
+        rate, band = th.label_noise_reference_rate, th.label_noise_reference_band
+        # one-round start: a reference is made once it is finite (no round count to keep)
+        for name, ref, value in (("gap_ref", gap_ref, gap), ("train_ref", train_ref, train)):
+            made = np.isfinite(ref).astype(np.int64)
+            new, _ = update_reference(ref, made, value, teach, need=1, rate=rate, band=band)
+            getattr(state, name)[idx] = new
         state.streak[idx] = divergence.update_streak(state.streak[idx], flag, observed)
         ctx.add_anomaly(np.where(shape_ok, evidence / th.label_noise_alarm, np.nan))
 

@@ -26,11 +26,10 @@ aggregate that contains the client itself:
   reference mean of it, less the round's median change and a margin, in a CUSUM:
   honest consecutive updates of one client point alike (its data does not
   change); random-noise updates do not. The margin grows with the client's own
-  usual size of change (``direction_change_spread_factor`` times
-  :func:`monitor.signals.divergence.own_spread`, learnt slowly on rounds without
-  evidence): some honest clients' updates part a lot, round after round (little
-  data, their optimum reached), and a fixed margin either flags them or is too
-  wide for a steady client whose update turns to noise at once. A round counts only where the client's
+  usual size of change (``direction_change_spread_factor`` x its bounded-step
+  EWMA on rounds without evidence): some honest clients' updates part a lot,
+  round after round, and a fixed margin flags them or misses a steady client
+  whose update turns to noise at once. A round counts only where the client's
   leave-one-out cosine also fell (``direction_change_min_loo_drop`` beyond the
   round's median drop): an honest client's consecutive updates part now and then
   (little data, its own optimum reached) while it keeps its place among the
@@ -57,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from monitor.detectors.base import ClientScore, DetectorStateBase, client_field, threshold
-from monitor.signals import divergence
+from monitor.signals import divergence, norm_reference
 
 __all__ = [
     "MemoryThresholds",
@@ -133,12 +132,12 @@ class MemoryState(DetectorStateBase):
     """Reference sums/counts of the leave-one-out and previous cosines; CUSUM evidence."""
     # additive (no LAYOUT bump): a state stored before it reads as no spread learnt yet
     direction_spread: np.ndarray = client_field(fill=np.nan)
-    """The client's usual size of direction change (:func:`monitor.signals.divergence.own_spread`)."""
+    """The client's usual size of direction change (NaN until its first quiet round)."""
 
 
-SPREAD_RATE, SPREAD_BOUND = 0.2, 0.1
-"""The client's usual size of direction change (:func:`divergence.own_spread`): EWMA rate, step
-bound (cosine units); on the tuned recordings rates 0.1-0.2 and bounds 0.05-0.1 gave the same findings."""
+SPREAD_RATE, SPREAD_BAND = 0.2, float(np.exp(0.1))
+"""The client's usual size of direction change (:func:`norm_reference.update_reference`, need 1):
+EWMA rate, and a step bound of ln(band) = 0.1 (cosine units); rates 0.1-0.2, bounds 0.05-0.1 agreed."""
 
 PATTERNS = ("colluding", "sign_reversal", "direction_change", "cosine_drop")
 """Evidence names, strongest first (a finding names the first that holds)."""
@@ -238,12 +237,13 @@ def memory_round(
     ev_d = state.direction_evidence[idx]
     ev_d = np.where(ok_change, np.maximum(0.0, ev_d + np.nan_to_num(step)), ev_d)
     state.direction_evidence[idx] = ev_d
-    # rounds without evidence teach the client's usual size of change (slowly: an attack
-    # held under the gate widens it by at most SPREAD_RATE * SPREAD_BOUND a round)
+    # quiet rounds teach the usual size of change (an attack held under the gate: +0.02 a round)
     quiet = ok_change & (ev_d <= th.direction_change_threshold) & (np.nan_to_num(step) <= 0)
-    state.direction_spread[idx] = divergence.own_spread(
-        state.direction_spread[idx], change - med, quiet, rate=SPREAD_RATE, bound=SPREAD_BOUND
-    )
+    learnt = state.direction_spread[idx]
+    state.direction_spread[idx], _ = norm_reference.update_reference(
+        learnt, np.isfinite(learnt).astype(np.int64), np.abs(change - med), quiet,
+        need=1, rate=SPREAD_RATE, band=SPREAD_BAND,
+    )  # fmt: skip
     turned = ref_rev - cos_prev - med
     reversal = (
         judged

@@ -25,7 +25,6 @@ __all__ = [
     "cusum_low",
     "identical_updates",
     "partial_reference",
-    "own_spread",
     "fisher_z",
     "theil_sen_line",
     "place_residual",
@@ -353,30 +352,6 @@ def partial_reference(
     median = float(np.median(v[have])) if have.sum() >= min_count else np.nan
     n = np.asarray(count, dtype=np.float64)
     return np.where(n >= 1, np.asarray(total, dtype=np.float64) / np.maximum(n, 1), median)
-
-
-def own_spread(
-    spread: np.ndarray, deviation: np.ndarray, use: np.ndarray, *, rate: float, bound: float
-) -> np.ndarray:
-    r"""A client's usual size of deviation, learnt slowly (a new array; inputs unchanged).
-
-    .. math:: \sigma_i \leftarrow \sigma_i + \lambda\,\operatorname{clip}(|d_i| - \sigma_i, \pm b)
-
-    for the rows in ``use`` with a finite deviation :math:`d_i` (``rate``
-    :math:`\lambda`, ``bound`` :math:`b`); a row without a spread yet (NaN)
-    starts at :math:`|d_i|`. The clipped step is what keeps it honest: a client
-    whose consecutive updates have always parted a lot gets a wide spread over a
-    few rounds, while one long run of unusual rounds (an attack) can widen it by
-    at most :math:`\lambda b` a round.
-    """
-    out = np.asarray(spread, dtype=np.float64).copy()
-    d = np.abs(np.asarray(deviation, dtype=np.float64))
-    use = np.asarray(use, dtype=bool) & np.isfinite(d)
-    new = use & ~np.isfinite(out)
-    out[new] = d[new]
-    old = use & ~new
-    out[old] += rate * np.clip(d[old] - out[old], -bound, bound)
-    return out
 
 
 def fisher_z(cosine: np.ndarray, clip: float = 0.995) -> np.ndarray:

@@ -19,7 +19,7 @@ The move of a client is judged against its own usual (a reference of
 round's median move (:func:`centred_move`), accumulated over rounds with an
 upper CUSUM (:func:`cusum_high`). Which side moved is told by the same move of
 the client's training loss against the round's median client
-(:func:`relative_log`): label noise moves the training loss; a held-out loss
+(:func:`monitor.signals.changepoint.relative_log_loss`): label noise moves the training loss; a held-out loss
 that fell (a new global model that fits this client better) does not.
 """
 
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["log_loss_gap", "relative_log", "centred_move", "cusum_high"]
+from monitor.signals.divergence import cusum_low
+
+__all__ = ["log_loss_gap", "centred_move", "cusum_high"]
 
 MIN_CLIENTS = 5
 """A round's median move of fewer than this many clients says too little (NaN moves)."""
@@ -40,23 +42,6 @@ def log_loss_gap(train_loss: np.ndarray, eval_loss: np.ndarray, usable: np.ndarr
     ok = np.asarray(usable, dtype=bool) & np.isfinite(tl) & np.isfinite(el) & (tl > 0) & (el > 0)
     out = np.full(tl.shape, np.nan)
     out[ok] = np.log(tl[ok]) - np.log(el[ok])
-    return out
-
-
-def relative_log(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    r""":math:`\ln x_i - \operatorname{median}_j \ln x_j` over the finite, positive ``x`` in ``mask``; NaN elsewhere.
-
-    Centring on the round's median client takes out what every client shares
-    (a global model that learnt, a learning-rate step), so what is left is the
-    client's place in the round, which its own reference can follow.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    ok = np.asarray(mask, dtype=bool) & np.isfinite(x) & (x > 0)
-    out = np.full(x.shape, np.nan)
-    if not ok.any():
-        return out
-    lx = np.log(x[ok])
-    out[ok] = lx - np.median(lx)
     return out
 
 
@@ -92,8 +77,5 @@ def cusum_high(evidence: np.ndarray, x: np.ndarray, allowance: float, cap: float
     cleared within :math:`c / k` rounds. Where ``x`` is NaN the evidence is kept
     (the client was not judged this round).
     """
-    e = np.asarray(evidence, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
-    seen = np.isfinite(x)
-    step = np.clip(e + np.where(seen, x, 0.0) - allowance, 0.0, cap)
-    return np.where(seen, step, e)
+    # the lower CUSUM of the negated move is this recursion; only the cap is this one's
+    return np.minimum(cusum_low(evidence, -np.asarray(x, dtype=np.float64), allowance), cap)
